@@ -1,0 +1,17 @@
+"""User-facing errors: one line naming the bad value and what is valid; exit code 2."""
+from __future__ import annotations
+
+
+class UserError(ValueError):
+  """Bad input from the user (config, flags, data, checkpoints).
+
+  The CLI prints `lazy-neuron: error: <message>` on one line and exits with code 2, before any work
+  starts and before anything is written into the workdir. Messages must name the bad value and what
+  would be valid, e.g. "model.activation='rleu' is not valid; choose one of relu, gelu, relu2, silu".
+  """
+
+  def __init__(self, message: str):
+    super().__init__(" ".join(str(message).split()))  # always one line
+
+
+EXIT_USAGE = 2
