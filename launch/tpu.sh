@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# Thin wrapper: see `python3 launch/tpu.py --help`. Needs only Python 3.10+ (standard library).
+exec "${PYTHON:-python3}" "$(dirname "$0")/tpu.py" "$@"
