@@ -1,0 +1,93 @@
+"""Data: deterministic, checkpointable, TF-free sources for lazy_neuron.
+
+Sources (`data.name`):
+
+- `docstrings`: T5 span corruption on the Python standard library's docstrings (offline), tokenised
+  by a cached sentencepiece model trained on them (`tokenizer="spm"`), bytes, or a given `.model`.
+- `digits`: scikit-learn's 8x8 digits as a TFDS ArrayRecord builder read via `tfds.data_source`.
+- `gaussian`: i.i.d. Gaussian inputs with random labels, a fresh example every step (infinite data).
+
+API::
+
+  cfg = get_data_config("docstrings", tokenizer="spm", vocab_size=2048, inputs_length=128)
+  validate(cfg)                      # cheap; UserError on any bad key/value
+  info(cfg)                          # DataInfo (may train/load the cached tokenizer)
+  it = build(cfg, split="train", batch_size=32, seed=0)   # infinite; it.get_state()/set_state()
+  ev = build(cfg, split="eval", batch_size=32, seed=0)    # finite; batches carry "mask"
+
+See docs/data.md.
+"""
+from __future__ import annotations
+
+from lazy_neuron.data import pipeline
+from lazy_neuron.data.config import DEFAULTS, SOURCES, get_data_config
+from lazy_neuron.data.config import validate as _validate
+from lazy_neuron.data.datainfo import DataInfo
+from lazy_neuron.data.pipeline import DataIterator
+from lazy_neuron.errors import UserError
+
+__all__ = ["DataInfo", "DataIterator", "SOURCES", "build", "get_data_config", "info", "validate"]
+
+SPLITS = ("train", "eval")
+
+
+def validate(data_config) -> None:
+  """Raises UserError (one line: the bad value and what is valid) for any bad key or value.
+
+  Cheap: reads no data and writes nothing (a `corpus_files` pattern or tokenizer path must exist).
+  """
+  _validate(data_config)
+
+
+def _source(cfg):
+  name = cfg["name"]
+  if name == "docstrings":
+    from lazy_neuron.data.text import TextSource
+    return TextSource(cfg)
+  if name == "digits":
+    from lazy_neuron.data.digits import DigitsSource
+    return DigitsSource(cfg)
+  if name == "gaussian":
+    from lazy_neuron.data.gaussian import GaussianSource
+    return GaussianSource(cfg)
+  raise UserError(f"data.name={name!r} is not a known dataset; choose one of {', '.join(SOURCES)}")
+
+
+def info(data_config) -> DataInfo:
+  """Shapes, vocabulary and sizes of a source. May extract/tokenise/train caches on first use."""
+  return _source(_validate(data_config)).info()
+
+
+def build(data_config, *, split: str, batch_size: int, seed: int, process_index: int = 0,
+          process_count: int = 1) -> DataIterator:
+  """A batch iterator of this process's share (batch_size // process_count) of each global batch.
+
+  split="train": infinite, order depends only on `seed`; `get_state()`/`set_state()` resume exactly.
+  split="eval": finite, the same batches on every call; the last batch is padded and every batch has
+  "mask" (float32 [B], 1 real / 0 padding). Processes get disjoint shards that together cover the data.
+  """
+  cfg = _validate(data_config)
+  if split not in SPLITS:
+    raise UserError(f"split={split!r} is not valid; choose one of {', '.join(SPLITS)}")
+  if isinstance(seed, bool) or not isinstance(seed, int):
+    raise UserError(f"seed={seed!r} is not valid; use an integer")
+  per_process = pipeline.check_batch(batch_size, process_index, process_count)
+  source = _source(cfg)
+  fingerprint = {"name": cfg["name"], "split": split, "seed": int(seed), "batch_size": int(batch_size),
+                 "process_index": int(process_index), "process_count": int(process_count)}
+  if split == "train":
+    fn = source.train_batch_fn(seed)
+    num = source.num_train
+    fingerprint["num_examples"] = num
+    ds = pipeline.train_dataset(num, fn, seed=seed, per_process=per_process,
+                                process_index=process_index, process_count=process_count)
+    num_batches = None
+  else:
+    fn = source.eval_batch_fn(seed)
+    num = source.num_eval
+    fingerprint["num_examples"] = num
+    ds, num_batches = pipeline.eval_dataset(num, fn, per_process=per_process,
+                                            process_index=process_index, process_count=process_count)
+  spec = pipeline.spec_of(ds[0])
+  return DataIterator(ds, fingerprint=fingerprint, element_spec=spec, num_batches=num_batches,
+                      num_threads=cfg["num_threads"], prefetch=cfg["prefetch"])

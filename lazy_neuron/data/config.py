@@ -1,0 +1,186 @@
+"""Data configs: defaults per source, overrides, validation (cheap, before any work)."""
+from __future__ import annotations
+
+import copy
+import numbers
+import os
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from lazy_neuron.errors import UserError
+
+_COMMON = {
+    "cache_dir": config_dict.placeholder(str),  # None: $LAZY_NEURON_CACHE or ~/.cache/lazy_neuron
+    "num_threads": 1,  # grain threads computing batches ahead (0: synchronous)
+    "prefetch": 4,  # batches computed ahead (0: none)
+}
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "docstrings": {
+        # corpus
+        "corpus_files": config_dict.placeholder(str),  # comma-separated text files/globs instead of the stdlib
+        "stdlib_path": config_dict.placeholder(str),  # None: sysconfig.get_paths()["stdlib"]
+        "max_corpus_bytes": config_dict.placeholder(int),  # cap on the extracted text (tests)
+        "eval_fraction": 0.05,  # modules held out for eval, by hash of their path
+        # tokenizer
+        "tokenizer": "spm",  # "spm" | "bytes" | path to a .model file
+        "vocab_size": config_dict.placeholder(int),  # total incl. sentinels; None: 2048 for spm, 259+sentinels for bytes
+        "num_sentinels": 100,
+        "spm_model_type": "bpe",  # "bpe" | "unigram"
+        "spm_train_bytes": 4_000_000,  # train the sentencepiece model on at most this much text
+        # span corruption (T5)
+        "inputs_length": 128,
+        "targets_length": config_dict.placeholder(int),  # None: T5's random_spans_helper
+        "noise_density": 0.15,
+        "mean_noise_span_length": 3.0,
+        # eval
+        "eval_examples": 512,  # windows of the held-out modules (fewer if the eval split is smaller)
+        "eval_seed": 0,  # seeds the eval noise masks (eval data never depends on the run's seed)
+    },
+    "digits": {
+        "data_dir": config_dict.placeholder(str),  # TFDS data dir; None: <cache>/tfds
+        "image_size": 8,  # resize (bilinear) to image_size x image_size
+        "channels": 1,  # 1 (grayscale) or 3 (replicated)
+    },
+    "gaussian": {
+        "dim": 64,
+        "num_classes": 10,
+        "eval_examples": 1024,
+    },
+}
+SOURCES = tuple(DEFAULTS)
+
+
+def _names() -> str:
+  return ", ".join(SOURCES)
+
+
+def get_data_config(name: str, **overrides) -> ml_collections.ConfigDict:
+  """The default data config of source `name`, with `overrides` applied (unknown keys: UserError)."""
+  if name not in DEFAULTS:
+    raise UserError(f"data.name={name!r} is not a known dataset; choose one of {_names()}")
+  values = {"name": name, **copy.deepcopy(_COMMON), **copy.deepcopy(DEFAULTS[name])}
+  cfg = ml_collections.ConfigDict(values)
+  for key, value in overrides.items():
+    if key not in values:
+      raise UserError(f"data.{key} is not a key of data source {name!r}; valid: {', '.join(sorted(values))}")
+    try:
+      cfg[key] = value
+    except (TypeError, ValueError) as e:
+      raise UserError(f"data.{key}={value!r} has the wrong type ({e})") from e
+  return cfg
+
+
+def resolve(data_config) -> dict[str, Any]:
+  """A plain dict with every key of the source (defaults filled in); checks name and keys."""
+  if data_config is None:
+    raise UserError(f"the data config is missing; set config.data = data.get_data_config(name), name one of {_names()}")
+  if hasattr(data_config, "to_dict"):
+    given = data_config.to_dict()
+  else:
+    given = dict(data_config)
+  name = given.get("name")
+  if name not in DEFAULTS:
+    raise UserError(f"data.name={name!r} is not a known dataset; choose one of {_names()}")
+  defaults = {"name": name, **_COMMON, **DEFAULTS[name]}
+  unknown = sorted(set(given) - set(defaults))
+  if unknown:
+    raise UserError(f"data.{unknown[0]} is not a key of data source {name!r}; valid: {', '.join(sorted(defaults))}")
+  out = {}
+  for key, default in defaults.items():
+    value = given.get(key, default)
+    if isinstance(value, config_dict.FieldReference):
+      value = value.get()
+    out[key] = value
+  return out
+
+
+def _int(cfg, key, lo=None, hi=None, none_ok=False):
+  v = cfg[key]
+  if v is None and none_ok:
+    return
+  if isinstance(v, bool) or not isinstance(v, numbers.Integral) or (lo is not None and v < lo) or (hi is not None and v > hi):
+    rng = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+    raise UserError(f"data.{key}={v!r} is not valid; use {rng}" + (" or None" if none_ok else ""))
+
+
+def _float(cfg, key, lo, hi, lo_open=True, hi_open=True):
+  v = cfg[key]
+  ok = isinstance(v, numbers.Real) and not isinstance(v, bool)
+  if ok:
+    ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+  if not ok:
+    lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
+    raise UserError(f"data.{key}={v!r} is not valid; use a number in {lb}{lo}, {hi}{rb}")
+
+
+def _choice(cfg, key, choices):
+  if cfg[key] not in choices:
+    raise UserError(f"data.{key}={cfg[key]!r} is not valid; choose one of {', '.join(map(str, choices))}")
+
+
+def _str(cfg, key):
+  v = cfg[key]
+  if v is not None and (not isinstance(v, str) or not v.strip()):
+    raise UserError(f"data.{key}={v!r} is not valid; use a non-empty string or None")
+
+
+def validate(data_config) -> dict[str, Any]:
+  """Raises UserError for any bad key or value; returns the resolved dict. Cheap: no data is read."""
+  cfg = resolve(data_config)
+  _str(cfg, "cache_dir")
+  _int(cfg, "num_threads", 0, 64)
+  _int(cfg, "prefetch", 0)
+  name = cfg["name"]
+  if name == "docstrings":
+    from lazy_neuron.data import docstrings, span_corruption, tokenizer
+
+    _str(cfg, "corpus_files")
+    _str(cfg, "stdlib_path")
+    if cfg["corpus_files"]:
+      docstrings.corpus_files(cfg["corpus_files"])  # every pattern must match a file
+    elif cfg["stdlib_path"] is not None and not os.path.isdir(os.path.expanduser(cfg["stdlib_path"])):
+      raise UserError(f"data.stdlib_path={cfg['stdlib_path']!r} is not a directory; use None (the "
+                      "installed standard library) or a folder of .py files")
+    _int(cfg, "max_corpus_bytes", 1, none_ok=True)
+    _float(cfg, "eval_fraction", 0.0, 1.0)
+    _int(cfg, "num_sentinels", 1, 10_000)
+    _int(cfg, "vocab_size", 8, 2**31 - 1, none_ok=True)
+    _choice(cfg, "spm_model_type", ("bpe", "unigram"))
+    _int(cfg, "spm_train_bytes", 1024)
+    tok = cfg["tokenizer"]
+    if not isinstance(tok, str) or not tok:
+      raise UserError(f"data.tokenizer={tok!r} is not valid; use 'spm', 'bytes' or a .model path")
+    if tok == "bytes":
+      tokenizer.total_vocab_size(cfg, tokenizer.BYTE_VOCAB)
+    elif tok == "spm":
+      if tokenizer.spm_pieces(cfg) < 16:
+        raise UserError(f"data.vocab_size={cfg['vocab_size']} leaves {tokenizer.spm_pieces(cfg)} "
+                        f"sentencepiece pieces after {cfg['num_sentinels']} sentinels; use at least "
+                        f"{cfg['num_sentinels'] + 16}")
+    elif not os.path.isfile(os.path.expanduser(tok)):
+      raise UserError(f"data.tokenizer={tok!r}: no such sentencepiece model file; use 'bytes', 'spm' "
+                      "or the path of an existing .model file")
+    _int(cfg, "inputs_length", 8, 1 << 20)
+    _float(cfg, "noise_density", 0.0, 1.0)
+    _float(cfg, "mean_noise_span_length", 1.0, float("inf"), lo_open=False)
+    _int(cfg, "targets_length", 2, 1 << 20, none_ok=True)
+    raw, needed = span_corruption.random_spans_helper(
+        cfg["inputs_length"], cfg["noise_density"], cfg["mean_noise_span_length"])
+    needed = span_corruption.corrupted_lengths(raw, cfg["noise_density"], cfg["mean_noise_span_length"])[1]
+    if cfg["targets_length"] is not None and cfg["targets_length"] < needed:
+      raise UserError(f"data.targets_length={cfg['targets_length']} is too short for inputs_length="
+                      f"{cfg['inputs_length']} at noise density {cfg['noise_density']}; use >= {needed} or None")
+    _int(cfg, "eval_examples", 1)
+    _int(cfg, "eval_seed", 0, 2**63 - 1)
+  elif name == "digits":
+    _str(cfg, "data_dir")
+    _int(cfg, "image_size", 1, 4096)
+    _choice(cfg, "channels", (1, 3))
+  elif name == "gaussian":
+    _int(cfg, "dim", 1, 1 << 24)
+    _int(cfg, "num_classes", 2, 1 << 24)
+    _int(cfg, "eval_examples", 1)
+  return cfg

@@ -1,0 +1,171 @@
+"""Deterministic, checkpointable batch pipelines on grain `MapDataset`s.
+
+Every source is index-based: a batch is a pure function of the *global example indices* it holds (and
+of the record each index maps to), so the stream depends only on the seed, and an iterator restored
+from `get_state()` yields exactly the batches the original would have yielded next.
+
+Train: `range(N).shuffle(seed).repeat()` (reshuffled every epoch) paired with the global example index,
+sliced `[process_index::process_count]` (disjoint shards that together cover the stream), batched,
+then one vectorised numpy function per batch. Eval: the N held-out examples padded to a whole number
+of global batches; padded rows are zeros with `mask == 0`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from lazy_neuron.errors import UserError
+
+STATE_VERSION = 1
+_INFINITE = 2**62  # the number of examples of an "infinite" generated source
+
+# --- counter-based random numbers --------------------------------------------------------------------
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+  """splitmix64's finaliser (vectorised, wrapping uint64 arithmetic)."""
+  x = x + _GOLDEN
+  x = (x ^ (x >> np.uint64(30))) * _M1
+  x = (x ^ (x >> np.uint64(27))) * _M2
+  return x ^ (x >> np.uint64(31))
+
+
+def random_bits(seed: int, stream: int, index: np.ndarray, size: int) -> np.ndarray:
+  """uint64 [len(index), size] random bits that depend only on (seed, stream, index, position)."""
+  with np.errstate(over="ignore"):
+    key = _mix(np.uint64(seed % 2**64) ^ _mix(np.uint64(stream % 2**64)))
+    row = _mix(key ^ np.asarray(index, dtype=np.uint64).reshape(-1))
+    return _mix(row[:, None] ^ _mix(np.arange(size, dtype=np.uint64))[None, :])
+
+
+def random_uniform(seed: int, stream: int, index: np.ndarray, size: int) -> np.ndarray:
+  """float64 uniform in [0, 1), shape [len(index), size]."""
+  return (random_bits(seed, stream, index, size) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def random_normal(seed: int, stream: int, index: np.ndarray, size: int) -> np.ndarray:
+  """float64 standard normal (Box-Muller), shape [len(index), size]."""
+  half = (size + 1) // 2
+  u = random_uniform(seed, stream, index, 2 * half)
+  u1, u2 = 1.0 - u[:, :half], u[:, half:]  # u1 in (0, 1]
+  r = np.sqrt(-2.0 * np.log(u1))
+  z = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)], axis=1)
+  return z[:, :size]
+
+
+# --- iterators ----------------------------------------------------------------------------------------
+class DataIterator:
+  """An iterator of batches (dict[str, np.ndarray] of fixed shapes) with checkpointable state.
+
+  Attributes:
+    element_spec: {key: (shape, dtype)} of this process's batches.
+    num_batches: the number of batches (eval), or None (train: infinite).
+  """
+
+  def __init__(self, dataset, *, fingerprint: dict[str, Any], element_spec, num_batches=None,
+               num_threads: int = 1, prefetch: int = 4):
+    import grain
+
+    self._dataset = dataset
+    self._fingerprint = fingerprint
+    self.element_spec = element_spec
+    self.num_batches = num_batches
+    if num_threads > 0 and prefetch > 0:
+      options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+    else:
+      options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+    self._iterator = iter(dataset.to_iter_dataset(options))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._iterator)
+
+  def __len__(self) -> int:
+    if self.num_batches is None:
+      raise TypeError("a train iterator is infinite")
+    return self.num_batches
+
+  def get_state(self) -> dict[str, Any]:
+    """A JSON-serialisable dict; `set_state` on a fresh iterator resumes exactly here."""
+    return {"version": STATE_VERSION, "fingerprint": dict(self._fingerprint),
+            "grain": self._iterator.get_state()}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION or "grain" not in state:
+      raise UserError(f"data iterator state {str(state)[:200]!r} is not a lazy_neuron data state "
+                      f"(version {STATE_VERSION})")
+    saved = state.get("fingerprint", {})
+    diff = {k: (saved.get(k), v) for k, v in self._fingerprint.items() if saved.get(k) != v}
+    if diff:
+      what = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
+      raise UserError(f"data iterator state does not match this data pipeline ({what}); resume with "
+                      "the data config, seed, batch size and process count the state was saved with")
+    self._iterator.set_state(state["grain"])
+
+
+def check_batch(batch_size: int, process_index: int, process_count: int) -> int:
+  if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+    raise UserError(f"batch_size={batch_size!r} is not valid; use a positive integer")
+  if not isinstance(process_count, (int, np.integer)) or process_count <= 0:
+    raise UserError(f"process_count={process_count!r} is not valid; use a positive integer")
+  if not isinstance(process_index, (int, np.integer)) or not 0 <= process_index < process_count:
+    raise UserError(f"process_index={process_index!r} is not valid; use 0..{process_count - 1}")
+  if batch_size % process_count:
+    raise UserError(f"batch_size={batch_size} is not divisible by the process count {process_count}; "
+                    f"use a multiple of {process_count}")
+  return batch_size // process_count
+
+
+def train_dataset(num_records: int | None, make_batch: Callable[[np.ndarray, np.ndarray], dict],
+                  *, seed: int, per_process: int, process_index: int, process_count: int):
+  """Infinite: batches of `make_batch(global_indices, record_indices)`.
+
+  With `num_records=None` the source is generated (never repeats): record index == global index.
+  """
+  import grain
+
+  if num_records is None:
+    ds = grain.MapDataset.range(_INFINITE).map(lambda i: (np.int64(i), np.int64(i)))
+  else:
+    ds = grain.MapDataset.range(num_records).shuffle(seed=seed % 2**32).repeat()
+    ds = ds.map_with_index(lambda i, r: (np.int64(i), np.int64(r)))
+  ds = ds[process_index::process_count]
+  ds = ds.batch(per_process, drop_remainder=True)
+  return ds.map(lambda ir: make_batch(np.asarray(ir[0]), np.asarray(ir[1])))
+
+
+def eval_dataset(num_examples: int, make_batch: Callable[[np.ndarray, np.ndarray], dict],
+                 *, per_process: int, process_index: int, process_count: int):
+  """Finite: every example exactly once, padded to whole global batches; adds "mask"."""
+  import grain
+
+  global_batch = per_process * process_count
+  num_batches = max(1, math.ceil(num_examples / global_batch))
+
+  def padded(indices):
+    indices = np.asarray(indices, dtype=np.int64)
+    real = indices < num_examples
+    safe = np.where(real, indices, 0)
+    batch = make_batch(safe, safe)
+    out = {}
+    for key, value in batch.items():
+      value = np.array(value)  # a copy we may zero
+      value[~real] = 0
+      out[key] = value
+    out["mask"] = real.astype(np.float32)
+    return out
+
+  ds = grain.MapDataset.range(num_batches * global_batch)[process_index::process_count]
+  ds = ds.batch(per_process, drop_remainder=True).map(padded)
+  return ds, num_batches
+
+
+def spec_of(batch: dict[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  return {k: (tuple(v.shape), v.dtype) for k, v in batch.items()}
