@@ -288,6 +288,10 @@ def resolve(coordinator_address: str | None = None,
 
 # ----------------------------------------------------------------------------- runtime
 
+def _libtpu_installed() -> bool:
+  return importlib.util.find_spec("libtpu") is not None
+
+
 _INFO: DistributedInfo | None = None
 
 
@@ -309,7 +313,7 @@ def initialize(coordinator_address: str | None = None,
     _INFO = info
     return info
   if info.mode == "tpu":
-    if importlib.util.find_spec("libtpu") is None:
+    if not _libtpu_installed():
       logging.warning("This looks like a Cloud TPU VM but libtpu is not installed, so JAX will run on "
                       "the CPU; install the project with pip install -e '.[tpu]'.")
       info = DistributedInfo(mode="single", source="Cloud TPU without libtpu")

@@ -1,0 +1,151 @@
+"""Metric writers (JSONL always; TensorBoard when TensorFlow is installed) and the progress line.
+
+Nothing here forces a device sync: the trainer hands over device arrays and the writer converts
+them only when they are ready (or at the next log step), so the step loop never blocks on logging.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from etils import epath
+
+
+class JsonlWriter:
+  """Appends {"step": N, ...} lines to DIR/metrics.jsonl, flushing each write."""
+
+  def __init__(self, workdir: str):
+    self.path = epath.Path(workdir) / "metrics.jsonl"
+
+  def truncate_after(self, step: int) -> None:
+    """Drops lines with step > `step` (a resumed run replays those steps). Atomic."""
+    if not self.path.exists():
+      return
+    keep = [line for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = self.path.parent / (self.path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.rename(self.path)
+
+  def write(self, step: int, values: Mapping[str, Any]) -> None:
+    row = {"step": int(step)}
+    for k, v in values.items():
+      v = float(v) if not isinstance(v, (str, bool)) else v
+      row[k] = None if isinstance(v, float) and not math.isfinite(v) else v
+    with self.path.open("a") as f:
+      f.write(json.dumps(row) + "\n")
+
+
+class TensorBoardWriter:
+  """TensorBoard event files through tf.summary; only built when TensorFlow imports."""
+
+  def __init__(self, workdir: str):
+    import tensorflow as tf  # optional extra `tf`
+    self._tf = tf
+    self._writer = tf.summary.create_file_writer(os.fspath(workdir))
+
+  def write(self, step: int, values: Mapping[str, Any]) -> None:
+    with self._writer.as_default():
+      for k, v in values.items():
+        if isinstance(v, (int, float)) and math.isfinite(float(v)):
+          self._tf.summary.scalar(k, float(v), step=int(step))
+    self._writer.flush()
+
+
+def make_writers(workdir: str, tensorboard: bool = True) -> list:
+  writers: list = [JsonlWriter(workdir)]
+  if tensorboard:
+    try:
+      writers.append(TensorBoardWriter(workdir))
+    except ImportError:
+      pass
+  return writers
+
+
+def _fmt_time(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class Progress:
+  """step, loss, steps/s, ETA, mean % nonzero, and per-layer % nonzero."""
+
+  def __init__(self, total_steps: int, start_step: int, stream=sys.stdout):
+    self.total = total_steps
+    self.stream = stream
+    self.last_step, self.last_time = start_step, time.time()
+    self._first = start_step
+
+  def report(self, step: int, values: Mapping[str, float], now: float | None = None) -> None:
+    now = time.time() if now is None else now
+    rate = 0.0
+    if step > self.last_step and "train/loss" in values:
+      rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
+      self.last_step, self.last_time = step, now
+    eta = (self.total - step) / rate if rate > 0 else float("inf")
+    parts = [f"step {step}/{self.total}"]
+    if "train/loss" in values:
+      parts.append(f"loss {values['train/loss']:.4f}")
+    if "eval/loss" in values:
+      parts.append(f"eval loss {values['eval/loss']:.4f}")
+    if "eval/accuracy" in values:
+      parts.append(f"eval acc {values['eval/accuracy']:.3f}")
+    if step > self._first and "train/loss" in values and rate > 0:
+      parts.append(f"{rate:.2f} steps/s")
+      parts.append(f"ETA {_fmt_time(eta)}")
+    for split in ("train", "eval"):
+      mean = values.get(f"sparsity/{split}/mean/nonzero_frac")
+      if mean is not None:
+        layers = [(k.split("/", 2)[2].rsplit("/", 1)[0], v) for k, v in values.items()
+                  if k.startswith(f"sparsity/{split}/") and k.endswith("/nonzero_frac")
+                  and "/mean/" not in k]
+        per_layer = " ".join(f"{_short(n)} {100 * v:.0f}" for n, v in layers)
+        parts.append(f"{split} nonzero {100 * mean:.1f}% [{per_layer}]")
+    print(" | ".join(parts), file=self.stream, flush=True)
+
+
+def _short(layer: str) -> str:
+  # encoder/layer_00 -> enc0, decoder/layer_11 -> dec11, vit/layer_03 -> L3, mixer/token_03 -> tok3
+  scope, _, name = layer.rpartition("/")
+  idx = "".join(ch for ch in name if ch.isdigit()).lstrip("0") or "0"
+  prefix = {"encoder": "enc", "decoder": "dec"}.get(scope, "")
+  if name.startswith("token"):
+    prefix = "tok"
+  elif name.startswith("channel"):
+    prefix = "ch"
+  elif not prefix:
+    prefix = "L"
+  return prefix + idx
+
+
+class PendingMetrics:
+  """Device-side metric trees kept until their values are ready; then converted and written."""
+
+  def __init__(self):
+    self._items: list[tuple[int, Any, Any]] = []
+
+  def add(self, step: int, tree: Any, finish) -> None:
+    self._items.append((step, tree, finish, time.time()))
+
+  def flush(self, block: bool = False) -> list[tuple[int, dict, float]]:
+    """[(step, metrics, time the step was dispatched)] of the trees that are ready (or all)."""
+    done, keep = [], []
+    for item in self._items:
+      step, tree, finish, t = item
+      leaves = jax.tree.leaves(tree)
+      if block or all(getattr(x, "is_ready", lambda: True)() for x in leaves):
+        done.append((step, finish(jax.device_get(tree)), t))
+      else:
+        keep.append(item)
+    self._items = keep
+    return done

@@ -1,0 +1,43 @@
+"""MLP activations, by config name.
+
+ReLU is the paper's; the others are what follow-up work uses (GELU as in BERT/ViT, squared ReLU as in
+Primer/ReLU-strikes-back, SiLU as in gated LLMs). For activations that are not exactly sparse, the
+sparsity probe counts an entry as nonzero when |a| > model.activation_threshold.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from lazy_neuron.errors import UserError
+
+
+def _relu2(x: jax.Array) -> jax.Array:
+  r = jax.nn.relu(x)
+  return r * r
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu2": _relu2,
+    "silu": jax.nn.silu,
+    "identity": lambda x: x,
+}
+
+# Activations whose output is exactly zero on half the line: threshold 0 is meaningful.
+EXACTLY_SPARSE = ("relu", "relu2")
+
+
+def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  if name not in ACTIVATIONS:
+    raise UserError(f"model.activation={name!r} is not valid; choose one of {', '.join(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
+def is_nonzero(a: jax.Array, threshold: float) -> jax.Array:
+  """The nonzero pattern of an activation map: |a| > threshold (threshold 0 = exactly nonzero)."""
+  return jnp.abs(a) > jnp.asarray(threshold, a.dtype)

@@ -1,0 +1,125 @@
+"""Pieces shared by the architectures: config plumbing, norms, attention, variant tables."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lazy_neuron.errors import UserError
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def get_dtype(name: str):
+  if name not in DTYPES:
+    raise UserError(f"model.dtype={name!r} is not valid; choose one of {', '.join(DTYPES)}")
+  return DTYPES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class MlpSettings:
+  """What every MLP block of a model shares (from config.model and config.sparsity)."""
+  activation: str = "relu"
+  threshold: float = 0.0
+  topk: Optional[int] = None
+  topk_backend: str = "auto"
+  measure: bool = True
+
+
+def resolve_variant(table: dict[str, dict[str, Any]], variant: str, overrides: dict[str, Any],
+                    model_name: str) -> dict[str, Any]:
+  """A variant's sizes with the config's non-None overrides applied."""
+  if variant not in table:
+    raise UserError(f"model.variant={variant!r} is not valid for model.name={model_name!r}; "
+                    f"choose one of {', '.join(table)}")
+  sizes = dict(table[variant])
+  for key, value in overrides.items():
+    if value is not None and key in sizes:
+      sizes[key] = value
+  return sizes
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: scale only, no mean subtraction, no bias."""
+  epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x32 = jnp.asarray(x, jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = jnp.asarray(x32 * jax.lax.rsqrt(var + self.epsilon), self.dtype)
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                       (x.shape[-1],), self.param_dtype)
+    return y * jnp.asarray(scale, self.dtype)
+
+
+def layer_norm(name: str, dtype, param_dtype) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      dtype=dtype, param_dtype=param_dtype, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head dot-product attention with logical axes on every kernel.
+
+  Kernels are stored 3-D ([embed, heads, kv] and [heads, kv, embed]) so that heads can be sharded.
+  `query_scale_in_init=True` is T5's convention (no 1/sqrt(d) at runtime; folded into q's init).
+  `init_scale` multiplies the fan-in variance-scaling init (T5: normal; ViT: xavier-like uniform).
+  """
+  num_heads: int
+  head_dim: int
+  use_bias: bool = False
+  dropout_rate: float = 0.0
+  query_scale_in_init: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  distribution: str = "normal"
+
+  def _kernel(self, name, shape, in_axis, out_axis, axes, scale=1.0):
+    mode = "fan_avg" if self.distribution == "uniform" else "fan_in"
+    init = nn.initializers.variance_scaling(scale, mode, self.distribution, in_axis=in_axis,
+                                            out_axis=out_axis)
+    return self.param(name, nn.with_logical_partitioning(init, axes), shape, self.param_dtype)
+
+  def _bias(self, name, shape, axes):
+    return self.param(name, nn.with_logical_partitioning(nn.initializers.zeros, axes), shape,
+                      self.param_dtype)
+
+  @nn.compact
+  def __call__(self, q_in, kv_in, mask=None, bias=None, deterministic=True):
+    features = q_in.shape[-1]
+    h, d = self.num_heads, self.head_dim
+
+    def proj(name, x, scale=1.0):
+      k = self._kernel(f"{name}_kernel", (features, h, d), 0, (1, 2), ("embed", "heads", "kv"),
+                       scale)
+      y = jnp.einsum("ble,ehd->blhd", x.astype(self.dtype), k.astype(self.dtype))
+      if self.use_bias:
+        y = y + self._bias(f"{name}_bias", (h, d), ("heads", "kv")).astype(self.dtype)
+      return y
+
+    q = proj("query", q_in, scale=1.0 / d if self.query_scale_in_init else 1.0)
+    k = proj("key", kv_in)
+    v = proj("value", kv_in)
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    if not self.query_scale_in_init:
+      q = q * jnp.asarray(d ** -0.5, q.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    if bias is not None:
+      logits = logits + bias
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    wo = self._kernel("out_kernel", (h, d, features), (0, 1), 2, ("heads", "kv", "embed"))
+    y = jnp.einsum("bqhd,hde->bqe", out, wo.astype(self.dtype))
+    if self.use_bias:
+      y = y + self._bias("out_bias", (features,), ("embed",)).astype(self.dtype)
+    return y

@@ -1,0 +1,110 @@
+"""THE MLP block shared by every model: wi -> activation -> (top-k) -> probe -> wo.
+
+The probe measures the activation map (the MLP hidden layer after the activation, `a` in
+`f(x) = V a`, a = act(K^T x)) inside the compiled step and sows only *reduced* statistics into the
+`sparsity` collection, whose size never depends on batch or sequence length:
+
+  fire    int32   [d_ff]  per-neuron count of real tokens on which the neuron is nonzero
+  tokens  int32   []      number of real tokens measured (padding masked out)
+  nonzero float32 []      number of nonzero entries over real tokens (= sum(fire); kept for readers
+                          that want one number; host code uses sum(fire) for exactness)
+
+Values are summed when a block is applied more than once in one step.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lazy_neuron.models.activations import get_activation, is_nonzero
+
+SPARSITY = "sparsity"  # the Flax collection name
+
+Dtype = Any
+
+
+def _sum_reduce(a, b):
+  return a + b
+
+
+def sow_activation_stats(module: nn.Module, a: jax.Array, token_mask: Optional[jax.Array],
+                         threshold: float) -> None:
+  """Sows reduced statistics of the activation map `a[..., d_ff]` into the sparsity collection.
+
+  token_mask broadcasts against a.shape[:-1]; 1 marks a real token, 0 padding (never counted).
+  """
+  nz = is_nonzero(a, threshold)
+  lead = a.shape[:-1]
+  if token_mask is None:
+    mask = jnp.ones(lead, jnp.int32)
+  else:
+    mask = jnp.broadcast_to(token_mask, lead).astype(jnp.int32)
+  nz = nz.astype(jnp.int32) * mask[..., None]
+  reduce_axes = tuple(range(a.ndim - 1))
+  fire = jnp.sum(nz, axis=reduce_axes, dtype=jnp.int32)
+  tokens = jnp.sum(mask, dtype=jnp.int32)
+  nonzero = jnp.sum(fire.astype(jnp.float32))
+  for name, value in (("fire", fire), ("tokens", tokens), ("nonzero", nonzero)):
+    module.sow(SPARSITY, name, value, init_fn=lambda v=value: jnp.zeros_like(v),
+               reduce_fn=_sum_reduce)
+
+
+def dense_init(scale: float = 1.0):
+  return nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
+
+
+class MlpBlock(nn.Module):
+  """Position-wise MLP: Dense(d_ff) -> activation -> [top-k] -> [probe] -> dropout -> Dense(d_out).
+
+  Attributes:
+    d_ff: hidden width (the activation map has d_ff entries per token).
+    d_out: output width; defaults to the input width.
+    activation: name in models.activations.ACTIVATIONS.
+    threshold: |a| > threshold counts as nonzero (0 for ReLU).
+    topk: keep only the k largest activations per token (Top-k Transformer); None = dense.
+    topk_backend: `lazy_neuron.kernels.topk` backend ("auto" dispatches by platform).
+    measure: sow activation statistics into the `sparsity` collection.
+    use_bias: T5 v1.0 has none; ViT/Mixer have biases.
+    in_axes / hidden_axes: logical axis names for wi's kernel / the hidden activation.
+  """
+  d_ff: int
+  d_out: Optional[int] = None
+  activation: str = "relu"
+  threshold: float = 0.0
+  topk: Optional[int] = None
+  topk_backend: str = "auto"
+  measure: bool = True
+  use_bias: bool = False
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Callable = dense_init()
+  bias_init: Callable = nn.initializers.zeros
+  embed_axis: str = "embed"
+  hidden_axes: tuple[str, ...] = ("batch", "length", "mlp")
+
+  @nn.compact
+  def __call__(self, x: jax.Array, token_mask: Optional[jax.Array] = None,
+               deterministic: bool = True) -> jax.Array:
+    d_out = self.d_out or x.shape[-1]
+    wi = nn.Dense(
+        self.d_ff, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.with_logical_partitioning(self.kernel_init, (self.embed_axis, "mlp")),
+        bias_init=nn.with_logical_partitioning(self.bias_init, ("mlp",)), name="wi")
+    wo = nn.Dense(
+        d_out, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.with_logical_partitioning(self.kernel_init, ("mlp", self.embed_axis)),
+        bias_init=nn.with_logical_partitioning(self.bias_init, (self.embed_axis,)), name="wo")
+    a = get_activation(self.activation)(wi(x))
+    if self.topk is not None:
+      from lazy_neuron.kernels.topk import topk_mask  # deferred: kernels are optional at import
+      a = topk_mask(a, int(self.topk), backend=self.topk_backend)
+    if len(self.hidden_axes) == a.ndim:
+      a = nn.with_logical_constraint(a, self.hidden_axes)
+    if self.measure:
+      sow_activation_stats(self, a, token_mask, self.threshold)
+    a = nn.Dropout(rate=self.dropout_rate, broadcast_dims=(-2,))(a, deterministic=deterministic)
+    return wo(a)

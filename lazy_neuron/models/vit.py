@@ -1,0 +1,102 @@
+"""Vision Transformer with a ReLU MLP (the paper's ViT): patch embedding, class token or global
+average pool, learned position embeddings, pre-norm blocks.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lazy_neuron.models.common import MlpSettings, MultiHeadAttention, layer_norm
+from lazy_neuron.models.mlp import MlpBlock
+
+VARIANTS = {
+    # tiny is ours, for CPU runs and tests (patch 4 on 8..32 pixel inputs).
+    "tiny": dict(width=128, depth=4, mlp_dim=1024, num_heads=4, patch_size=4),
+    "S/16": dict(width=384, depth=12, mlp_dim=1536, num_heads=6, patch_size=16),
+    "B/16": dict(width=768, depth=12, mlp_dim=3072, num_heads=12, patch_size=16),
+    "L/16": dict(width=1024, depth=24, mlp_dim=4096, num_heads=16, patch_size=16),
+    "H/14": dict(width=1280, depth=32, mlp_dim=5120, num_heads=16, patch_size=14),
+}
+
+
+class EncoderBlock(nn.Module):
+  cfg: dict
+  mlp: MlpSettings
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x, token_mask, deterministic):
+    c = self.cfg
+    y = layer_norm("norm_attention", self.dtype, jnp.float32)(x)
+    y = MultiHeadAttention(c["num_heads"], c["width"] // c["num_heads"], use_bias=True,
+                           dtype=self.dtype, distribution="uniform", name="attention")(y, y, deterministic=deterministic)
+    x = x + nn.Dropout(c["dropout_rate"])(y, deterministic=deterministic)
+    y = layer_norm("norm_mlp", self.dtype, jnp.float32)(x)
+    y = MlpBlock(d_ff=c["mlp_dim"], activation=self.mlp.activation, threshold=self.mlp.threshold,
+                 topk=self.mlp.topk, topk_backend=self.mlp.topk_backend, measure=self.mlp.measure,
+                 use_bias=True, dropout_rate=c["dropout_rate"], dtype=self.dtype,
+                 kernel_init=nn.initializers.xavier_uniform(),
+                 bias_init=nn.initializers.normal(1e-6), name="mlp")(
+                     y, token_mask, deterministic=deterministic)
+    x = x + nn.Dropout(c["dropout_rate"])(y, deterministic=deterministic)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class ViT(nn.Module):
+  """Input: image [B, H, W, C]. Output: logits [B, num_classes]."""
+  num_classes: int
+  cfg: dict
+  mlp: MlpSettings = MlpSettings()
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, image, example_mask: Optional[jax.Array] = None, deterministic: bool = True):
+    c = self.cfg
+    p = c["patch_size"]
+    x = nn.Conv(c["width"], (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                         (None, None, None, "embed")),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                name="embedding")(image.astype(self.dtype))
+    b, h, w, d = x.shape
+    x = x.reshape(b, h * w, d)
+    pos = self.param("pos_embedding",
+                     nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                  (None, "length", "embed")),
+                     (1, h * w, d), jnp.float32)
+    x = x + pos.astype(self.dtype)
+    if c["pool"] == "token":
+      cls = self.param("cls", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                           (None, None, "embed")),
+                       (1, 1, d), jnp.float32)
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, d)), x], axis=1)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = nn.Dropout(c["dropout_rate"])(x, deterministic=deterministic)
+    token_mask = None if example_mask is None else example_mask[:, None]
+    x = Transformer(c, self.mlp, self.dtype, name="vit")(x, token_mask, deterministic)
+    x = x[:, 0] if c["pool"] == "token" else jnp.mean(x, axis=1)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head",
+                      kernel_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                               ("embed", "classes")),
+                      bias_init=nn.with_logical_partitioning(
+                          nn.initializers.constant(c["head_bias_init"]), ("classes",)))(x)
+    return logits.astype(jnp.float32)
+
+
+class Transformer(nn.Module):
+  """The block stack: layers named layer_00, ... (the metric names are vit/layer_NN)."""
+  cfg: dict
+  mlp: MlpSettings
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x, token_mask, deterministic):
+    block = EncoderBlock
+    if self.cfg.get("remat", False):
+      block = nn.remat(block, static_argnums=(3,))
+    for i in range(self.cfg["depth"]):
+      x = block(self.cfg, self.mlp, self.dtype, name=f"layer_{i:02d}")(x, token_mask, deterministic)
+    return layer_norm("encoder_norm", self.dtype, jnp.float32)(x)

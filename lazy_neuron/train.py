@@ -1,0 +1,479 @@
+"""The trainer: `lazy-neuron train --config=configs/<exp>.py[:args] --workdir=DIR [--config.k=v]`.
+
+One file, read top to bottom, in banner sections: flags and config -> mesh -> data -> model and
+optimizer -> shardings -> steps -> resume -> eval -> loop. Every check on user input runs before
+anything is written into the workdir.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from etils import epath
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from lazy_neuron import checkpointing, config_lib, data, distributed, metrics, optim, partitioning
+from lazy_neuron import sparsity, tasks
+from lazy_neuron.errors import EXIT_USAGE, UserError
+from lazy_neuron.models import SPARSITY, Model, build_model, dummy_batch
+
+# Keys that may change between a run and its resumption (they do not change what is computed).
+RESUMABLE_KEYS = ("total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+                  "keep_checkpoints", "keep_checkpoint_every_steps", "tensorboard")
+
+
+# ================================================================================================
+# Flags and config
+# ================================================================================================
+@dataclasses.dataclass
+class Flags:
+  config: str
+  workdir: str
+  overrides: list[str]
+  coordinator_address: Optional[str] = None
+  num_processes: Optional[int] = None
+  process_id: Optional[int] = None
+
+
+FLAG_HELP = """usage: lazy-neuron train --config=configs/<exp>.py[:arg1=v1,arg2] --workdir=DIR
+                         [--config.key=value ...] [--coordinator_address=HOST:PORT
+                         --num_processes=N --process_id=I]"""
+
+
+def parse_flags(argv: Sequence[str]) -> Flags:
+  values: dict[str, str] = {}
+  overrides: list[str] = []
+  known = ("config", "workdir", "coordinator_address", "num_processes", "process_id")
+  args = list(argv[1:])
+  i = 0
+  while i < len(args):
+    arg = args[i]
+    if not arg.startswith("--"):
+      raise UserError(f"unexpected argument {arg!r}; flags look like --name=value")
+    name, sep, value = arg[2:].partition("=")
+    if not sep:  # `--name value`
+      if i + 1 >= len(args):
+        raise UserError(f"flag --{name} needs a value")
+      value, i = args[i + 1], i + 1
+    if name.startswith("config."):
+      overrides.append(f"{name}={value}")
+    elif name in known:
+      values[name] = value
+    else:
+      raise UserError(f"unknown flag --{name}; valid: --{', --'.join(known)}, --config.KEY=VALUE")
+    i += 1
+  for required in ("config", "workdir"):
+    if not values.get(required):
+      raise UserError(f"--{required} is required\n{FLAG_HELP}".splitlines()[0])
+
+  def as_int(name):
+    if values.get(name) in (None, ""):
+      return None
+    try:
+      return int(values[name])
+    except ValueError:
+      raise UserError(f"--{name}={values[name]!r} is not an integer") from None
+
+  return Flags(config=values["config"], workdir=values["workdir"], overrides=overrides,
+               coordinator_address=values.get("coordinator_address"),
+               num_processes=as_int("num_processes"), process_id=as_int("process_id"))
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  config = config_lib.load_config_file(spec)
+  config_lib.apply_overrides(config, overrides)
+  validate_config(config)
+  return config
+
+
+def _positive(config, key: str, allow_zero: bool = False) -> None:
+  value = config[key]
+  if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+    raise UserError(f"{key}={value!r} is not valid; use an integer >= {0 if allow_zero else 1}")
+
+
+def validate_config(config) -> None:
+  """Checks that need no devices and write nothing (model, data, optimizer, step counts)."""
+  for key in ("total_steps", "batch_size", "log_every_steps"):
+    _positive(config, key)
+  for key in ("eval_every_steps", "checkpoint_every_steps"):
+    _positive(config, key, allow_zero=True)
+  if isinstance(config.seed, bool) or not isinstance(config.seed, int):
+    raise UserError(f"seed={config.seed!r} is not valid; use an integer")
+  optim.validate(config.optimizer, config.total_steps)
+  data.validate(config.data)
+  if not isinstance(config.sparsity.enabled, bool):
+    raise UserError(f"sparsity.enabled={config.sparsity.enabled!r} is not valid; use true/false")
+
+
+def check_workdir(workdir: str, config) -> None:
+  """A workdir may be new, or hold a run of the same config (then the run resumes)."""
+  path = epath.Path(workdir)
+  if not workdir.startswith("gs://"):
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+      probe = probe.parent
+    if probe.exists() and (not probe.is_dir() or not os.access(os.fspath(probe), os.W_OK)):
+      raise UserError(f"--workdir={workdir!r} is not writable ({os.fspath(probe)!r} is not a "
+                      f"writable directory); choose another --workdir")
+  previous = path / "config.json"
+  if previous.exists():
+    try:
+      old = json.loads(previous.read_text())
+    except ValueError:
+      raise UserError(f"{os.fspath(previous)!r} is not valid JSON; move it away or use a new "
+                      f"--workdir") from None
+    new = json.loads(config_lib.to_json(config))
+    diffs = [k for k in _diff_keys(old, new) if k.split(".")[0] not in RESUMABLE_KEYS]
+    if diffs:
+      shown = ", ".join(f"{k}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in diffs[:4])
+      raise UserError(f"--workdir={workdir!r} holds a run with a different config ({shown}); "
+                      f"use a new --workdir, or the same config to resume")
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+  if isinstance(a, dict) and isinstance(b, dict):
+    out = []
+    for k in sorted(set(a) | set(b)):
+      out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+    return out
+  return [] if a == b else [prefix[:-1]]
+
+
+def _get(tree: Any, dotted: str) -> Any:
+  for part in dotted.split("."):
+    tree = tree.get(part) if isinstance(tree, dict) else None
+  return tree
+
+
+# ================================================================================================
+# The run
+# ================================================================================================
+@dataclasses.dataclass
+class Setup:
+  """Everything built from a config before training: validated, nothing written yet."""
+  config: Any
+  mesh: Any
+  rules: Any
+  info: Any
+  model: Model
+  tx: Any
+  schedule: Any
+  state_shardings: Any
+  abstract_state: Any
+  batch_sharding: NamedSharding
+
+
+def build_setup(config, devices: Optional[Sequence[Any]] = None) -> Setup:
+  # ---------------------------------------------------------------------------------------- mesh
+  mesh = partitioning.make_mesh(config.mesh, devices)
+  rules = partitioning.resolve_rules(config.sharding_rules, mesh)
+  dp = partitioning.data_parallel_size(mesh, rules)
+  for key in ("batch_size", "eval_batch_size"):
+    size = config.get(key) or config.batch_size
+    if size % dp or size % jax.process_count():
+      raise UserError(f"{key}={size} is not divisible by the data-parallel size {dp} (mesh "
+                      f"{dict(mesh.shape)}) and the {jax.process_count()} processes; use a multiple "
+                      f"of {int(np.lcm(dp, jax.process_count()))}")
+  # ---------------------------------------------------------------------------------------- data
+  info = data.info(config.data)
+  # ------------------------------------------------------------------------- model and optimizer
+  model = build_model(config.model, info, measure=config.sparsity.enabled)
+  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
+  # ----------------------------------------------------------------------------------- shardings
+  dummy = dummy_batch(model, info, 2)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(lambda rng: _init_params(model, rng, dummy), jax.random.PRNGKey(0))
+    param_sh = partitioning.logical_shardings(boxed, mesh, rules)
+  params = nn.meta.unbox(boxed)
+  opt_abstract = jax.eval_shape(tx.init, params)
+  opt_sh = partitioning.match_shardings_by_path(opt_abstract, params, param_sh, mesh)
+  replicated = NamedSharding(mesh, P())
+  state_sh = {"step": replicated, "params": param_sh, "opt_state": opt_sh}
+  abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params,
+              "opt_state": opt_abstract}
+  return Setup(config, mesh, rules, info, model, tx, schedule, state_sh, abstract,
+               partitioning.batch_sharding(mesh, rules))
+
+
+def _init_params(model: Model, rng, dummy):
+  variables = model.module.init({"params": rng, "dropout": rng}, **model.inputs(dummy))
+  return variables["params"]
+
+
+def _add(a, b):
+  return jax.tree.map(jnp.add, a, b)
+
+
+class Steps:
+  """The jitted functions of a run: init, train step, eval step. Built once, shared by tests."""
+
+  def __init__(self, s: Setup):
+    self.s = s
+    model, tx, cfg = s.model, s.tx, s.config
+    measure = bool(cfg.sparsity.enabled)
+    use_dropout = float(s.model.sizes.get("dropout_rate", 0.0) or 0.0) > 0
+    dropout_key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1)
+    mutable = [SPARSITY] if measure else False
+
+    def apply(params, batch, train, rng):
+      out = model.module.apply({"params": params}, **model.inputs(batch),
+                               deterministic=not (train and use_dropout),
+                               rngs={"dropout": rng}, mutable=mutable)
+      logits, variables = out if measure else (out, {})
+      return logits, variables.get(SPARSITY, {})
+
+    def init(rng):
+      params = nn.meta.unbox(_init_params(model, rng, dummy_batch(model, s.info, 2)))
+      return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+    def train_step(state, window, batch):
+      rng = jax.random.fold_in(dropout_key, state["step"])
+
+      def loss_fn(params):
+        logits, stats = apply(params, batch, True, rng)
+        sums = tasks.sums(model.task, logits, batch)
+        return tasks.loss(sums), (sums, stats)
+
+      (_, (sums, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+      updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+      params = optax.apply_updates(state["params"], updates)
+      new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+      step_window = {"sums": sums, "sparsity": stats, "steps": jnp.ones((), jnp.int32),
+                     "grad_norm_sum": optax.global_norm(grads)}
+      return new_state, step_window if window is None else _add(window, step_window)
+
+    def eval_step(params, batch):
+      logits, stats = apply(params, batch, False, jax.random.PRNGKey(0))
+      return {"sums": tasks.sums(model.task, logits, batch, calibration=True), "sparsity": stats}
+
+    replicated = NamedSharding(s.mesh, P())
+    with self.context():
+      self.window_abstract = jax.eval_shape(train_step, s.abstract_state, None,
+                                            self._batch_abstract(cfg.batch_size))[1]
+    self.init = jax.jit(init, out_shardings=s.state_shardings)
+    self.train_step = jax.jit(train_step, in_shardings=(s.state_shardings, replicated,
+                                                        s.batch_sharding),
+                              out_shardings=(s.state_shardings, replicated),
+                              donate_argnums=(0, 1))
+    self.eval_step = jax.jit(eval_step, in_shardings=(s.state_shardings["params"],
+                                                      s.batch_sharding),
+                             out_shardings=replicated)
+
+  def context(self):
+    return _Context(self.s.mesh, self.s.rules)
+
+  def _batch_abstract(self, batch_size: int) -> dict:
+    b = dummy_batch(self.s.model, self.s.info, batch_size)
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in b.items()}
+
+  def zero_window(self) -> Any:
+    """Zeros shaped like the train step's window (metric sums, sparsity stats, counts)."""
+    replicated = NamedSharding(self.s.mesh, P())
+    return jax.tree.map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype), replicated),
+                        self.window_abstract)
+
+
+class _Context:
+  def __init__(self, mesh, rules):
+    self.mesh, self.rules = mesh, rules
+
+  def __enter__(self):
+    self._m = jax.set_mesh(self.mesh)
+    self._m.__enter__()
+    self._r = nn.logical_axis_rules(self.rules)
+    self._r.__enter__()
+    return self
+
+  def __exit__(self, *exc):
+    self._r.__exit__(*exc)
+    self._m.__exit__(*exc)
+    return False
+
+
+# ================================================================================================
+# Host <-> device
+# ================================================================================================
+def to_global(batch: dict, sharding: NamedSharding) -> dict:
+  """This process's share of a batch -> global arrays laid out by `sharding`."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def window_metrics(window: dict, schedule, step: int) -> dict[str, float]:
+  """A fetched train window -> train/* and sparsity/train/* metrics."""
+  out = tasks.finalize(window["sums"], "train")
+  steps = max(int(window["steps"]), 1)
+  out["train/grad_norm"] = float(window["grad_norm_sum"]) / steps
+  out["train/learning_rate"] = float(schedule(step - 1))
+  if window.get("sparsity"):
+    out.update(sparsity.metrics_from_stats(sparsity.flatten_stats(window["sparsity"]), "train"))
+  return out
+
+
+# ================================================================================================
+# Eval
+# ================================================================================================
+def evaluate(steps: Steps, params, config, step: int, workdir: Optional[str],
+             sync_each_step: bool) -> dict[str, float]:
+  s = steps.s
+  eval_batch = config.get("eval_batch_size") or config.batch_size
+  it = data.build(config.data, split="eval", batch_size=eval_batch, seed=config.seed,
+                  process_index=jax.process_index(), process_count=jax.process_count())
+  outs = []
+  with steps.context():
+    for batch in it:
+      out = steps.eval_step(params, to_global(batch, s.batch_sharding))
+      if sync_each_step:
+        jax.block_until_ready(out)
+      outs.append(out)
+  if not outs:
+    return {}
+  host = jax.device_get(outs)
+  total = jax.tree.map(lambda *xs: np.sum(np.stack([np.asarray(x, np.float64) for x in xs]), 0),
+                       *host)
+  result = tasks.finalize(total["sums"], "eval")
+  if total.get("sparsity"):
+    stats = sparsity.flatten_stats(
+        jax.tree.map(lambda *xs: np.sum(np.stack([np.asarray(x) for x in xs]), 0),
+                     *[h["sparsity"] for h in host]))
+    result.update(sparsity.metrics_from_stats(stats, "eval"))
+    if workdir is not None and jax.process_index() == 0:
+      sparsity.save_npz(workdir, step, stats)
+  return result
+
+
+# ================================================================================================
+# Train loop
+# ================================================================================================
+def train_and_evaluate(config, workdir: str, devices: Optional[Sequence[Any]] = None,
+                       stream=sys.stdout) -> dict[str, float]:
+  """Trains `config` into `workdir` (resuming from its latest checkpoint). Returns the last metrics."""
+  setup = build_setup(config, devices)        # every check on user input happens in here
+  check_workdir(workdir, config)
+  is_main = jax.process_index() == 0
+  # Nothing was written before this line.
+  wd = epath.Path(workdir)
+  if is_main:
+    wd.mkdir(parents=True, exist_ok=True)
+    (wd / "config.json").write_text(config_lib.to_json(config))
+    _write_sharding_plan(setup, wd, stream)
+  steps = Steps(setup)
+  # On CPU, several sharded steps in flight can deadlock XLA's collectives: block on each step.
+  sync_each_step = setup.mesh.devices.flat[0].platform == "cpu" and setup.mesh.size > 1
+  ckpt = checkpointing.Checkpointer(
+      workdir, every_steps=config.checkpoint_every_steps or config.total_steps,
+      max_to_keep=config.get("keep_checkpoints", 3),
+      keep_period=config.get("keep_checkpoint_every_steps", None))
+  writers = metrics.make_writers(workdir, config.get("tensorboard", True)) if is_main else []
+  train_iter = data.build(config.data, split="train", batch_size=config.batch_size,
+                          seed=config.seed, process_index=jax.process_index(),
+                          process_count=jax.process_count())
+
+  # ------------------------------------------------------------------------------------- resume
+  start = ckpt.latest_step()
+  with steps.context():
+    if start is not None:
+      abstract = checkpointing.abstract_with_shardings(setup.abstract_state,
+                                                       setup.state_shardings)
+      state, data_state = ckpt.restore(start, abstract)
+      train_iter.set_state(data_state)
+      print(f"resumed from {os.fspath(wd / 'checkpoints' / str(start))}", file=stream, flush=True)
+    else:
+      start = 0
+      state = steps.init(jax.random.PRNGKey(config.seed))
+  if is_main:
+    writers[0].truncate_after(start)
+  progress = metrics.Progress(config.total_steps, start, stream)
+  last: dict[str, float] = {}
+
+  def write(step: int, values: dict, t: Optional[float] = None) -> None:
+    nonlocal last
+    last = dict(values, step=step)
+    for w in writers:
+      w.write(step, values)
+    if is_main:
+      progress.report(step, values, t)
+
+  if start == 0 and config.eval_every_steps:
+    write(0, evaluate(steps, state["params"], config, 0, workdir if is_main else None,
+                      sync_each_step))
+
+  # --------------------------------------------------------------------------------------- loop
+  pending = metrics.PendingMetrics()
+  window = steps.zero_window()
+  t0 = time.time()
+  for step in range(start + 1, config.total_steps + 1):
+    batch = to_global(next(train_iter), setup.batch_sharding)
+    with steps.context():
+      state, window = steps.train_step(state, window, batch)
+    if sync_each_step:
+      jax.block_until_ready(state)
+    final = step == config.total_steps
+    if step % config.log_every_steps == 0 or final:
+      pending.add(step, window, lambda w, st=step: window_metrics(w, setup.schedule, st))
+      window = steps.zero_window()
+    if config.eval_every_steps and (step % config.eval_every_steps == 0 or final):
+      for st, values, t in pending.flush(block=True):
+        write(st, values, t)
+      write(step, evaluate(steps, state["params"], config, step, workdir if is_main else None,
+                           sync_each_step))
+    if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0) or final:
+      ckpt.save(step, state, train_iter.get_state(), force=final)
+    for st, values, t in pending.flush(block=False):
+      write(st, values, t)
+  for st, values, t in pending.flush(block=True):
+    write(st, values, t)
+  ckpt.close()
+  if is_main and config.total_steps > start:
+    print(f"done: {config.total_steps - start} steps in {time.time() - t0:.1f}s; workdir "
+          f"{workdir}", file=stream, flush=True)
+  return last
+
+
+def _write_sharding_plan(setup: Setup, wd: epath.Path, stream) -> None:
+  rows, total = partitioning.sharding_plan(setup.abstract_state["params"],
+                                           setup.state_shardings["params"])
+  lines = [f"mesh {dict(setup.mesh.shape)}  rules {[r for r in setup.rules if r[1]]}",
+           f"{'parameter':<60} {'shape':<20} {'spec':<32} {'bytes/device':>14}"]
+  lines += [f"{n:<60} {str(s):<20} {sp:<32} {b:>14,}" for n, s, sp, b in rows]
+  lines.append(f"total parameter bytes per device: {total:,} ({len(rows)} arrays)")
+  (wd / "sharding_plan.txt").write_text("\n".join(lines) + "\n")
+  n_params = sum(int(np.prod(s)) for _, s, _, _ in rows)
+  print(f"{setup.model.name}/{setup.config.model.variant}: {n_params:,} parameters; "
+        f"mesh {dict(setup.mesh.shape)}; {total / 2**20:.1f} MiB of parameters per device "
+        f"(plan: {os.fspath(wd / 'sharding_plan.txt')})", file=stream, flush=True)
+
+
+# ================================================================================================
+# Entry point
+# ================================================================================================
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+    print(FLAG_HELP)
+    return 0
+  try:
+    flags = parse_flags(argv)
+    distributed.initialize(coordinator_address=flags.coordinator_address,
+                           num_processes=flags.num_processes, process_id=flags.process_id)
+    config = load_config(flags.config, flags.overrides)
+    train_and_evaluate(config, flags.workdir)
+  except UserError as e:
+    print(f"lazy-neuron: error: {e}", file=sys.stderr)
+    return EXIT_USAGE
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
