@@ -84,7 +84,13 @@ def builder(data_config):
     with cache.locked(os.path.join(root, "sklearn_digits")):
       b = cls(data_dir=root, file_format="array_record")
       if not _is_prepared(b):
-        b.download_and_prepare()
+        import tensorflow_datasets as tfds
+
+        tfds.display_progress_bar(False)
+        try:
+          b.download_and_prepare()
+        finally:
+          tfds.display_progress_bar(True)
   return b
 
 

@@ -50,14 +50,14 @@ def _stdlib_files(root: str) -> list[str]:
   return files
 
 
-def corpus_files(pattern_list: str) -> list[str]:
+def corpus_files(pattern_list: str, what: str = "data.corpus_files") -> list[str]:
   """Expands a comma-separated list of files / glob patterns; UserError for one that matches nothing."""
   files = []
   for pattern in [p.strip() for p in str(pattern_list).split(",") if p.strip()]:
     matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
     matches = [m for m in matches if os.path.isfile(m)]
     if not matches:
-      raise UserError(f"data.corpus_files: {pattern!r} matches no file; give existing text files or "
+      raise UserError(f"{what}: {pattern!r} matches no file; give existing text files or "
                       "glob patterns, comma-separated")
     files += [os.path.abspath(m) for m in matches]
   return files

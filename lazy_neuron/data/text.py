@@ -17,6 +17,9 @@ from lazy_neuron.data.datainfo import DataInfo
 from lazy_neuron.errors import UserError
 
 
+_WARNED: set[str] = set()
+
+
 class TextSource:
 
   def __init__(self, cfg):
@@ -56,7 +59,8 @@ class TextSource:
       if self.num_windows("eval") == 0:
         raise UserError(f"the eval split of the corpus has {len(self._streams['eval'])} tokens, fewer than "
                         f"one window of {self.tokens_length}; raise data.eval_fraction or use a larger corpus")
-      if self.num_windows("eval") < self.cfg["eval_examples"]:
+      if self.num_windows("eval") < self.cfg["eval_examples"] and path not in _WARNED:
+        _WARNED.add(path)
         logging.getLogger(__name__).warning(f"data.eval_examples={self.cfg['eval_examples']} but the eval split has only "
                       f"{self.num_windows('eval')} windows; evaluating on those")
     return self._streams

@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       texts = docstrings.load(cfg)["train"]
     else:
       texts = []
-      for f in docstrings.corpus_files(args.corpus):
+      for f in docstrings.corpus_files(args.corpus, "--corpus"):
         with open(f, encoding="utf-8", errors="replace") as fh:
           texts.append(fh.read())
     proto = train_sentencepiece(texts, args.vocab_size, model_type=args.model_type, max_bytes=args.max_bytes)
