@@ -176,7 +176,7 @@ def stream_script(worker: str, log_dir: str) -> str:
   return "; ".join([
       f"W={worker}",
       f"P=$(cat {logs}/train.pid 2>/dev/null)",
-      f"if [ -n \"$P\" ] && kill -0 \"$P\" 2>/dev/null; then tail --pid=\"$P\" -n +1 -F {logs}/train.log; "
+      f"if [ -n \"$P\" ] && kill -0 \"$P\" 2>/dev/null; then tail --pid=\"$P\" -s 0.5 -n +1 -F {logs}/train.log; "
       f"else cat {logs}/train.log; fi",
       f"E=$(cat {logs}/train.exit 2>/dev/null)",
       f"echo \"{TAG}: worker $W: run ended (exit code ${{E:-unknown}})\"",
@@ -191,7 +191,7 @@ def stop_script(worker: str, log_dir: str) -> str:
       f"W={worker}",
       f"P=$(cat {logs}/train.pid 2>/dev/null)",
       f"if [ -n \"$P\" ] && kill -0 \"$P\" 2>/dev/null; then kill -TERM -- -\"$P\"; "
-      f"for i in $(seq 60); do kill -0 \"$P\" 2>/dev/null || break; sleep 1; done; "
+      f"for i in $(seq 300); do kill -0 \"$P\" 2>/dev/null || break; sleep 0.2; done; "
       f"echo \"{TAG}: worker $W: stopped pid $P\"; else echo \"{TAG}: worker $W: no run going\"; fi",
   ])
 

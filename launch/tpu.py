@@ -205,15 +205,21 @@ class Tpu:
         f"'import jax, lazy_neuron; print(jax.__version__)')\"",
     ]), retries=1)
 
-  def run(self) -> None:
+  def check_run_flags(self, n: int | None) -> None:
+    """Before anything is created or started: the flags a run needs."""
     a = self.a
     if not a.config or not a.workdir:
-      raise UsageError("--config and --workdir are required to run, e.g. --config=configs/t5_base.py "
-                       "--workdir=gs://BUCKET/runs/t5")
-    n = self.num_workers()
-    if n > 1 and not a.workdir.startswith("gs://"):
+      raise UsageError(f"--config and --workdir are required for `{a.command}`, e.g. "
+                       "--config=configs/t5_base.py --workdir=gs://BUCKET/runs/t5")
+    if n is not None and n > 1 and not a.workdir.startswith("gs://"):
       raise UsageError(f"--workdir={a.workdir!r} is not valid for {n} workers: each would write to its "
                        "own disk; use a shared gs:// path, e.g. gs://BUCKET/runs/NAME")
+    common.parse_env(a.env)
+
+  def run(self) -> None:
+    a = self.a
+    n = self.num_workers()
+    self.check_run_flags(n)
     if not a.workdir.startswith("gs://"):
       self.r.note(f"workdir {a.workdir} is on the VM's disk and goes away with the VM")
     train = common.train_command(a.venv_dir, a.config, a.workdir, a.train_flags, common.parse_env(a.env))
@@ -264,9 +270,14 @@ def main(argv: list[str]) -> int:
   runner = Runner(args.dry_run)
   tpu = Tpu(args, runner)
   cmd = args.command
+  if cmd in ("up", "run"):
+    known = args.num_workers or (workers_for(args.accelerator_type) if args.accelerator_type else None)
+    tpu.check_run_flags(known)
   if cmd == "up":
-    if not args.config or not args.workdir:
-      raise UsageError("--config and --workdir are required for `up`")
+    if not args.accelerator_type:
+      raise UsageError("--accelerator-type is required to create a TPU VM, e.g. v4-32 or v5litepod-16")
+    if args.queued_resource and args.preemptible:
+      raise UsageError("--preemptible is not valid with --queued-resource; use --spot")
     tpu.create()
     tpu.copy()
     tpu.setup()
