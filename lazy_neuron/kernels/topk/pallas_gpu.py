@@ -1,0 +1,93 @@
+"""Pallas Triton Top-k forward (GPU), also runnable in Pallas interpret mode on CPU.
+
+One program handles `rows` rows; each row is held in registers as power-of-two chunks (e.g.
+3072 = 3 x 1024, no padding lanes), the threshold search (search.py) runs on the keys, and the
+masked row is written once: one HBM read + one write, plus 8 bytes a row for (t, cut).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from lazy_neuron.kernels.topk import keys as keys_lib
+from lazy_neuron.kernels.topk import search
+
+_CompilerParams = getattr(plgpu, "CompilerParams", None) or getattr(plgpu, "TritonCompilerParams")
+
+
+def _chunks(d: int, chunk: int):
+  """[(col0, block, n_valid)] covering [0, d) with power-of-two blocks of at most `chunk`."""
+  out, c0 = [], 0
+  while c0 < d:
+    rem = d - c0
+    b = min(chunk, pl.next_power_of_2(rem))
+    out.append((c0, b, min(b, rem)))
+    c0 += b
+  return out
+
+
+def _kernel(x_ref, y_ref, t_ref, cut_ref, *, k, t_rows, d, rows, chunk, n_interp, reload_x):
+  i = pl.program_id(0)
+  row = i * rows + jnp.arange(rows, dtype=jnp.int32)
+  row_ok = row < t_rows
+  dtype = x_ref.dtype
+  keys_, vals, valids, masks, cols = [], [], [], [], []
+  for c0, b, nv in _chunks(d, chunk):
+    col = c0 + jnp.arange(b, dtype=jnp.int32)
+    col_ok = col < d
+    m = row_ok[:, None] & col_ok[None, :]
+    x = plgpu.load(x_ref.at[row[:, None], col[None, :]], mask=m, other=0)
+    kc = keys_lib.float_to_key(x)
+    valid = None if nv == b else jnp.broadcast_to(col_ok[None, :], (rows, b))
+    if valid is not None:
+      kc = jnp.where(valid, kc, jnp.int32(search.PAD_KEY))
+    keys_.append(kc)
+    vals.append(x.astype(jnp.float32))
+    valids.append(valid)
+    masks.append(m)
+    cols.append((c0, col, x))
+  t, cut = search.row_threshold(keys_, vals, valids, k=k, d=d, dtype=dtype, n_interp=n_interp)
+  for kc, m, (c0, col, x) in zip(keys_, masks, cols):
+    keep = search.keep_chunk(kc, t, cut, c0)
+    if reload_x:
+      x = plgpu.load(x_ref.at[row[:, None], col[None, :]], mask=m, other=0)
+    y = jnp.where(keep, x, jnp.zeros((), dtype))
+    plgpu.store(y_ref.at[row[:, None], col[None, :]], y, mask=m)
+  plgpu.store(t_ref.at[row], t[:, 0], mask=row_ok)
+  plgpu.store(cut_ref.at[row], cut[:, 0], mask=row_ok)
+
+
+def default_config(d: int, dtype) -> dict:
+  itemsize = jnp.dtype(dtype).itemsize
+  chunk = 1024 if d >= 1024 else pl.next_power_of_2(d)
+  elems = pl.next_power_of_2(d) if d < 1024 else d
+  num_warps = 4 if elems <= 4096 else 8
+  return dict(rows=1, chunk=chunk, num_warps=num_warps, n_interp=None,
+              reload_x=d * itemsize > 16384)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "interpret", "rows", "chunk", "num_warps",
+                                              "n_interp", "reload_x"))
+def forward(x2d, k: int, *, interpret: bool = False, rows: int | None = None,
+            chunk: int | None = None, num_warps: int | None = None,
+            n_interp: int | None = None, reload_x: bool | None = None):
+  """x2d [T, D] -> (y [T, D], t [T] int32, cut [T] int32)."""
+  t_rows, d = x2d.shape
+  cfg = default_config(d, x2d.dtype)
+  rows = cfg["rows"] if rows is None else rows
+  chunk = cfg["chunk"] if chunk is None else chunk
+  num_warps = cfg["num_warps"] if num_warps is None else num_warps
+  reload_x = cfg["reload_x"] if reload_x is None else reload_x
+  kernel = functools.partial(_kernel, k=k, t_rows=t_rows, d=d, rows=rows, chunk=chunk,
+                             n_interp=n_interp, reload_x=reload_x)
+  out_shape = (jax.ShapeDtypeStruct((t_rows, d), x2d.dtype),
+               jax.ShapeDtypeStruct((t_rows,), jnp.int32),
+               jax.ShapeDtypeStruct((t_rows,), jnp.int32))
+  return pl.pallas_call(
+      kernel, out_shape=out_shape, grid=(pl.cdiv(t_rows, rows),),
+      compiler_params=_CompilerParams(num_warps=num_warps, num_stages=1),
+      interpret=interpret, name="topk_mask_triton")(x2d)

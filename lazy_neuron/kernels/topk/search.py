@@ -1,0 +1,189 @@
+"""Per-row threshold search shared by the Pallas kernels and the jnp path.
+
+Input: a row block split into chunks of integer keys ([R, B] each; padding holds PAD_KEY, never
+selectable) and the same chunks as float32 values (padding 0). Output per row ([R, 1] int32):
+`t`, the key of the k-th largest entry (or any key with exactly k entries >= it), and `cut`,
+so that keep = key > t | (key == t & column < cut) selects exactly k entries, ties by lowest index.
+
+Search: bracket [lo, hi) in key space with count(key >= lo) >= k > count(key >= hi), starting from
+the row min and max + 1. Each step evaluates one threshold (one compare + add per element, ALU-bound)
+and ends early when a threshold has exactly k entries at or above it or the bracket is one key wide.
+The first `n_interp` thresholds are guesses in value space: a normal-model quantile
+mean + std * z(1 - k/D), a Newton step with the model's density, then secants through the last two
+points; any guess outside the open bracket falls back to bisection, and after `n_interp` steps
+it is bisection only (so at most n_interp + bits + 1 steps). Ties at t are cut with a cumulative count
+(`tie="cumsum"`) or a bisection over the column (`tie="bisect"`, for Mosaic TPU, which has no scan).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from lazy_neuron.kernels.topk import keys as keys_lib
+
+PAD_KEY = -(2**31)
+
+
+def _sum(a, count_dtype):
+  return jnp.sum(a.astype(count_dtype), axis=1, keepdims=True)
+
+
+def _bisect_mid(lo, hi):
+  # floor((lo + hi) / 2) without int32 overflow
+  return (lo >> 1) + (hi >> 1) + (lo & hi & 1)
+
+
+def default_n_interp(dtype) -> int:
+  return 8
+
+
+def row_threshold(key_chunks, val_chunks, valid_chunks, *, k: int, d: int, dtype,
+                  count_dtype=jnp.int32, tie: str = "cumsum", n_interp: int | None = None,
+                  minmax_in_float: bool = False, return_steps: bool = False, rf_on: bool = True):
+  """Returns (t, cut), int32 [R, 1]. `valid_chunks[i]` is None or a bool mask of chunk i."""
+  dtype = jnp.dtype(dtype)
+  bits = keys_lib.key_bits(dtype)
+  if n_interp is None:
+    n_interp = default_n_interp(dtype)
+  max_steps = n_interp + bits + 2
+  z = statistics.NormalDist().inv_cdf(1.0 - (k - 0.5) / d)
+  inv_dens = 1.0 / (d * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi))  # std / (D phi(z)) / std
+  target = k - 0.5
+  r = key_chunks[0].shape[0]
+
+  def count_ge(th):
+    c = None
+    for kc in key_chunks:
+      s = _sum(kc >= th, count_dtype)
+      c = s if c is None else c + s
+    return c
+
+  # ---- pass 1: bracket and statistics ----
+  s1 = s2 = None
+  kmin = kmax = None
+  for kc, vc, ok in zip(key_chunks, val_chunks, valid_chunks):
+    a = jnp.sum(vc, axis=1, keepdims=True)
+    b = jnp.sum(vc * vc, axis=1, keepdims=True)
+    if minmax_in_float:
+      # Mosaic-friendly: reduce float values, NaN handled through the keys afterwards.
+      vmin_src = jnp.where(kc == PAD_KEY, jnp.float32(jnp.inf), vc)
+      mn = jnp.min(jnp.where(jnp.isnan(vc), jnp.float32(jnp.inf), vmin_src), axis=1, keepdims=True)
+      mx = jnp.max(jnp.where(jnp.isnan(vc), jnp.float32(-jnp.inf), vc if ok is None else
+                             jnp.where(ok, vc, jnp.float32(-jnp.inf))), axis=1, keepdims=True)
+      anynan = jnp.max(jnp.where(jnp.isnan(vc), 1.0, 0.0), axis=1, keepdims=True)
+      mn_k = keys_lib.float_to_key(mn.astype(dtype))
+      mx_k = jnp.where(anynan > 0, jnp.int32(keys_lib.nan_key(dtype)),
+                       keys_lib.float_to_key(mx.astype(dtype)))
+      allnan = mn == jnp.inf
+      mn_k = jnp.where(allnan & (anynan > 0), jnp.int32(keys_lib.nan_key(dtype)), mn_k)
+    else:
+      mn_k = jnp.min(kc if ok is None else jnp.where(ok, kc, jnp.int32(2**31 - 1)),
+                     axis=1, keepdims=True)
+      mx_k = jnp.max(kc, axis=1, keepdims=True)
+    if s1 is None:
+      s1, s2, kmin, kmax = a, b, mn_k, mx_k
+    else:
+      s1, s2 = s1 + a, s2 + b
+      kmin, kmax = jnp.minimum(kmin, mn_k), jnp.maximum(kmax, mx_k)
+  mean = s1 * (1.0 / d)
+  std = jnp.sqrt(jnp.maximum(s2 * (1.0 / d) - mean * mean, 0.0))
+  guess0 = mean + std * z
+  step_scale = std * inv_dens
+
+  kk = jnp.asarray(k, count_dtype)
+  lo, hi = kmin, kmax + 1
+  clo = jnp.full((r, 1), d, count_dtype)
+  chi = jnp.zeros((r, 1), count_dtype)
+  nanf = jnp.full((r, 1), jnp.nan, jnp.float32)
+  zero_c = jnp.zeros((r, 1), count_dtype)
+
+  def is_done(lo, hi, clo):
+    return (clo == kk) | (hi <= lo + 1)
+
+  def cond(state):
+    step, lo, hi, clo, chi, pv, pc, cv, cc, ns = state
+    not_done = jnp.logical_not(is_done(lo, hi, clo))
+    return (step < max_steps) & (jnp.max(not_done.astype(jnp.int32)) > 0)
+
+  def body(state):
+    step, lo, hi, clo, chi, pv, pc, cv, cc, ns = state
+    ccf, pcf = cc.astype(jnp.float32), pc.astype(jnp.float32)
+    newton = cv + (ccf - target) * step_scale
+    secant = cv + (ccf - target) * (cv - pv) / (pcf - ccf)
+    g = jnp.where(step == 0, guess0, jnp.where(step == 1, newton, secant))
+    gk = keys_lib.float_to_key(g.astype(dtype))
+    use = (step < n_interp) & jnp.logical_not(jnp.isnan(g)) & (gk > lo) & (gk < hi)
+    # Fallback 1: regula falsi between the bracket ends (always inside when finite).
+    vlo, vhi = keys_lib.key_to_f32(lo, dtype), keys_lib.key_to_f32(hi, dtype)
+    clof, chif = clo.astype(jnp.float32), chi.astype(jnp.float32)
+    rf = vlo + (vhi - vlo) * ((clof - target) / (clof - chif))
+    rk = keys_lib.float_to_key(rf.astype(dtype))
+    use_rf = (step < n_interp) & jnp.logical_not(jnp.isnan(rf)) & (rk > lo) & (rk < hi)
+    mid = jnp.where(use, gk, jnp.where(use_rf & (step > 0) & rf_on, rk, _bisect_mid(lo, hi)))
+    c = count_ge(mid)
+    active = jnp.logical_not(is_done(lo, hi, clo))
+    up = active & (c >= kk)
+    down = active & (c < kk)
+    lo = jnp.where(up, mid, lo)
+    clo = jnp.where(up, c, clo)
+    hi = jnp.where(down, mid, hi)
+    chi = jnp.where(down, c, chi)
+    mv = keys_lib.key_to_f32(mid, dtype)
+    return step + 1, lo, hi, clo, chi, cv, cc, mv, c, ns + active.astype(jnp.int32)
+
+  ns = jnp.zeros((r, 1), jnp.int32)
+  state = (jnp.int32(0), lo, hi, clo, chi, nanf, zero_c, nanf, zero_c, ns)
+  _, lo, hi, clo, chi, *_, ns = lax.while_loop(cond, body, state)
+
+  t = lo
+  exact = clo == kk
+  need = (kk - chi).astype(jnp.int32)
+  full = jnp.full((r, 1), d, jnp.int32)
+
+  def tie_cut():
+    if tie == "cumsum":
+      running = jnp.zeros((r, 1), jnp.int32)
+      before = jnp.zeros((r, 1), jnp.int32)
+      for kc in key_chunks:
+        eq = (kc == t).astype(jnp.int32)
+        cs = jnp.cumsum(eq, axis=1) + running
+        before = before + jnp.sum((cs < need).astype(jnp.int32), axis=1, keepdims=True)
+        running = running + jnp.sum(eq, axis=1, keepdims=True)
+      return jnp.where(exact, full, before + 1)
+    # tie == "bisect": smallest c in [1, D] with count(key == t & col < c) >= need.
+    offs, o = [], 0
+    for kc in key_chunks:
+      offs.append(o)
+      o += kc.shape[1]
+
+    def count_before(c):
+      tot = None
+      for kc, off in zip(key_chunks, offs):
+        col = lax.broadcasted_iota(jnp.int32, kc.shape, 1) + off
+        s = _sum((kc == t) & (col < c), count_dtype)
+        tot = s if tot is None else tot + s
+      return tot.astype(jnp.int32)
+
+    def step_fn(_, lh):
+      lo_c, hi_c = lh
+      m = (lo_c + hi_c) >> 1
+      ok = count_before(m) >= need
+      return jnp.where(ok, lo_c, m), jnp.where(ok, m, hi_c)
+
+    n = max(1, math.ceil(math.log2(max(d, 2))))
+    _, hi_c = lax.fori_loop(0, n, step_fn, (jnp.zeros((r, 1), jnp.int32), full))
+    return jnp.where(exact, full, hi_c)
+
+  cut = lax.cond(jnp.min(exact.astype(jnp.int32)) > 0, lambda: full, tie_cut)
+  if return_steps:
+    return t, cut, ns, exact
+  return t, cut
+
+
+def keep_chunk(kc, t, cut, col0: int):
+  col = lax.broadcasted_iota(jnp.int32, kc.shape, 1) + col0
+  return (kc > t) | ((kc == t) & (col < cut))
