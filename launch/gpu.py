@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (launch/ is a folder of scripts, not a package)
-from common import Runner, UsageError  # noqa: E402
+import launchlib as common  # noqa: E402  (launch/ is a folder of scripts, not a package)
+from launchlib import Runner, UsageError  # noqa: E402
 
 PROG = "launch/gpu.py"
 COMMANDS = ("slurm", "ssh", "check", "logs", "stop")

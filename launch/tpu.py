@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (launch/ is a folder of scripts, not a package)
-from common import LaunchError, Runner, UsageError  # noqa: E402
+import launchlib as common  # noqa: E402  (launch/ is a folder of scripts, not a package)
+from launchlib import LaunchError, Runner, UsageError  # noqa: E402
 
 PROG = "launch/tpu.py"
 COMMANDS = ("up", "create", "copy", "setup", "run", "check", "logs", "stop", "delete")
@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
   cap.add_argument("--spot", action="store_true", help="Spot TPU VMs (cheaper, can be preempted)")
   cap.add_argument("--preemptible", action="store_true", help="preemptible TPU VMs (tpu-vm create only)")
   cap.add_argument("--reserved", action="store_true", help="use the project's reservation")
+  p.add_argument("--create-arg", action="append", default=[], metavar="FLAG",
+                 help="extra flag for the create command, e.g. --create-arg=--service-account=SA@... "
+                 "or --create-arg=--network=NET (repeatable)")
   p.add_argument("--num-workers", type=int, help="hosts in the slice (default: from the slice, or "
                  "from --accelerator-type)")
   p.add_argument("--config", help="e.g. configs/t5_base.py or configs/vit.py:variant=B/16")
@@ -146,11 +149,11 @@ class Tpu:
         raise UsageError("--preemptible is not valid with --queued-resource; use --spot")
       self.r.run(self.queued("create", a.name, f"--node-id={a.name}",
                              f"--accelerator-type={a.accelerator_type}",
-                             f"--runtime-version={version}", *capacity))
+                             f"--runtime-version={version}", *capacity, *a.create_arg))
       self.wait_active()
     else:
       self.r.run(self.tpu_vm("create", a.name, f"--accelerator-type={a.accelerator_type}",
-                             f"--version={version}", *capacity))
+                             f"--version={version}", *capacity, *a.create_arg))
 
   def wait_active(self, poll_s: float = 30.0, max_wait_s: float = 7 * 24 * 3600) -> None:
     cmd = self.queued("describe", self.a.name, "--format=value(state.state)")
@@ -267,6 +270,9 @@ def main(argv: list[str]) -> int:
   if not re.fullmatch(r"[A-Za-z0-9_.,-]+", args.extras) or not re.fullmatch(r"[0-9.]+", args.python):
     raise UsageError(f"--extras={args.extras!r} / --python={args.python!r} is not valid; "
                      "e.g. --extras=tpu,tf --python=3.12")
+  for flag in args.create_arg:
+    if not flag.startswith("--"):
+      raise UsageError(f"--create-arg={flag!r} is not valid; expected a gcloud flag, e.g. --network=NET")
   runner = Runner(args.dry_run)
   tpu = Tpu(args, runner)
   cmd = args.command

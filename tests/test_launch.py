@@ -78,9 +78,10 @@ def test_tpu_up_dry_run_prints_every_step():
 
 def test_tpu_up_delete_after_and_spot():
   proc = launch(TPU, "up", *TPU_FLAGS, "--accelerator-type=v5litepod-16", "--spot", "--delete-after",
-                *RUN_FLAGS, "--dry-run")
+                "--create-arg=--network=my-net", *RUN_FLAGS, "--dry-run")
   cmds = commands(proc.stdout)
   assert "--spot" in cmds[0] and "--version=v2-alpha-tpuv5-lite" in cmds[0]
+  assert "--network=my-net" in cmds[0]
   assert cmds[-1][:6] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "ln-test"]
   assert "--quiet" in cmds[-1]
   assert "all 4 workers" in proc.stdout
