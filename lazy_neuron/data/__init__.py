@@ -6,6 +6,8 @@ Sources (`data.name`):
   by a cached sentencepiece model trained on them (`tokenizer="spm"`), bytes, or a given `.model`.
 - `digits`: scikit-learn's 8x8 digits as a TFDS ArrayRecord builder read via `tfds.data_source`.
 - `gaussian`: i.i.d. Gaussian inputs with random labels, a fresh example every step (infinite data).
+- `tfds`: any TFDS image-classification dataset prepared as ArrayRecord (`data.dataset`), read with
+  `tfds.data_source`, ViT-style preprocessing; `label_noise` / `random_labels` switches (also digits).
 
 API::
 
@@ -50,6 +52,9 @@ def _source(cfg):
   if name == "gaussian":
     from lazy_neuron.data.gaussian import GaussianSource
     return GaussianSource(cfg)
+  if name == "tfds":
+    from lazy_neuron.data.images import TfdsImageSource
+    return TfdsImageSource(cfg)
   raise UserError(f"data.name={name!r} is not a known dataset; choose one of {', '.join(SOURCES)}")
 
 

@@ -17,6 +17,12 @@ _COMMON = {
     "prefetch": 4,  # batches computed ahead (0: none)
 }
 
+_LABELS = {  # classification sources: label switches (train only, fixed per record)
+    "label_noise": 0.0,  # symmetric: replace a label by a uniform random class with this probability
+    "random_labels": False,  # replace every label by a uniform random class
+    "label_noise_seed": 0,
+}
+
 DEFAULTS: dict[str, dict[str, Any]] = {
     "docstrings": {
         # corpus
@@ -43,6 +49,23 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "data_dir": config_dict.placeholder(str),  # TFDS data dir; None: <cache>/tfds
         "image_size": 8,  # resize (bilinear) to image_size x image_size
         "channels": 1,  # 1 (grayscale) or 3 (replicated)
+        **_LABELS,
+    },
+    "tfds": {
+        "dataset": "cifar10",  # any TFDS name[:version] prepared as ArrayRecord
+        "data_dir": config_dict.placeholder(str),  # None: TFDS's default (~/tensorflow_datasets)
+        "train_split": "train",
+        "eval_split": "test",  # e.g. "validation" for imagenet2012, or "train[98%:]"
+        "image_key": "image",
+        "label_key": "label",
+        "num_classes": config_dict.placeholder(int),  # None: from the ClassLabel feature
+        "image_size": 224,
+        "channels": config_dict.placeholder(int),  # None: the dataset's
+        "augment": "inception_crop",  # "inception_crop" | "flip" | "none" (train only)
+        "crop_min_area": 0.05,
+        "eval_crop_fraction": 0.875,  # eval: resize shorter side to image_size / this, central crop
+        "eval_examples": config_dict.placeholder(int),  # None: the whole eval split
+        **_LABELS,
     },
     "gaussian": {
         "dim": 64,
@@ -179,8 +202,31 @@ def validate(data_config) -> dict[str, Any]:
     _str(cfg, "data_dir")
     _int(cfg, "image_size", 1, 4096)
     _choice(cfg, "channels", (1, 3))
+    _labels(cfg)
+  elif name == "tfds":
+    _str(cfg, "dataset")
+    if not cfg["dataset"]:
+      raise UserError("data.dataset is not set; give a TFDS dataset name, e.g. cifar10 or imagenet2012")
+    for key in ("data_dir", "train_split", "eval_split", "image_key", "label_key"):
+      _str(cfg, key)
+    _int(cfg, "num_classes", 2, 1 << 24, none_ok=True)
+    _int(cfg, "image_size", 1, 4096)
+    if cfg["channels"] is not None:
+      _choice(cfg, "channels", (1, 3))
+    _choice(cfg, "augment", ("inception_crop", "flip", "none"))
+    _float(cfg, "crop_min_area", 0.0, 1.0, hi_open=False)
+    _float(cfg, "eval_crop_fraction", 0.0, 1.0, hi_open=False)
+    _int(cfg, "eval_examples", 1, none_ok=True)
+    _labels(cfg)
   elif name == "gaussian":
     _int(cfg, "dim", 1, 1 << 24)
     _int(cfg, "num_classes", 2, 1 << 24)
     _int(cfg, "eval_examples", 1)
   return cfg
+
+
+def _labels(cfg):
+  _float(cfg, "label_noise", 0.0, 1.0, lo_open=False, hi_open=False)
+  if not isinstance(cfg["random_labels"], bool):
+    raise UserError(f"data.random_labels={cfg['random_labels']!r} is not valid; use true or false")
+  _int(cfg, "label_noise_seed", 0, 2**63 - 1)

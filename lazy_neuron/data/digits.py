@@ -153,6 +153,10 @@ class DigitsSource:
     examples = [src[int(r)] for r in records]
     images = np.stack([np.asarray(e["image"], np.uint8) for e in examples])
     labels = np.asarray([int(e["label"]) for e in examples], np.int32)
+    if split == "train":
+      from lazy_neuron.data.images import noisy_labels
+
+      labels = noisy_labels(labels, np.asarray(records), NUM_CLASSES, self.cfg)
     return {"image": preprocess_images(images, self.image_size, self.channels), "label": labels}
 
   def train_batch_fn(self, seed: int):

@@ -1,0 +1,210 @@
+"""Image classification: preprocessing (ViT style), label-noise switches, and the generic `tfds` source.
+
+`tfds` reads any TFDS dataset prepared in ArrayRecord format (`tfds build NAME
+--file_format=array_record --data_dir=DIR`, or a data dir on gs://) by name through
+`tfds.data_source`, without TensorFlow. Preprocessing is numpy + PIL, random choices come from
+(seed, global example index):
+
+- train `augment="inception_crop"`: random crop of `crop_min_area`..100% of the area with aspect ratio
+  in [3/4, 4/3] (10 attempts, else a centre crop), resized to `image_size`, random horizontal flip;
+  `"flip"`: resize + flip; `"none"`: resize.
+- eval: resize the shorter side to `image_size / eval_crop_fraction` and take the central
+  `image_size` square (big_vision's `resize_small|central_crop`; 0.875 = 224/256).
+- values scaled to [-1, 1].
+
+Label switches (train only; eval labels stay clean), fixed per record so that a noisy label is the same
+in every epoch, seeded by `label_noise_seed`:
+- `label_noise=p`: symmetric noise, each label replaced by a uniform random class with probability p.
+- `random_labels=True`: every label replaced by a uniform random class (the paper's random-label ablation).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from lazy_neuron.data import pipeline
+from lazy_neuron.data.datainfo import DataInfo
+from lazy_neuron.errors import UserError
+
+_AUG, _NOISE = 3000, 7000
+
+
+def noisy_labels(labels: np.ndarray, records: np.ndarray, num_classes: int, cfg) -> np.ndarray:
+  """Applies `label_noise` / `random_labels` (deterministic per record)."""
+  if not cfg.get("random_labels") and not cfg.get("label_noise"):
+    return labels
+  seed = int(cfg.get("label_noise_seed") or 0)
+  random = (pipeline.random_bits(seed, _NOISE, records, 1)[:, 0] % np.uint64(num_classes)).astype(np.int32)
+  if cfg.get("random_labels"):
+    return random
+  flip = pipeline.random_uniform(seed, _NOISE + 1, records, 1)[:, 0] < float(cfg["label_noise"])
+  return np.where(flip, random, labels).astype(np.int32)
+
+
+def _to_pil(image: np.ndarray):
+  from PIL import Image
+
+  return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
+def _from_pil(img, channels_in: int) -> np.ndarray:
+  x = np.asarray(img)
+  return x[..., None] if x.ndim == 2 else x
+
+
+def _inception_crop(h, w, u, min_area):
+  """(top, left, height, width) of a random crop; u: 4 uniforms per attempt."""
+  area = h * w
+  for a in range(10):
+    target = area * (min_area + (1.0 - min_area) * u[4 * a])
+    ratio = np.exp(np.log(3 / 4) + (np.log(4 / 3) - np.log(3 / 4)) * u[4 * a + 1])
+    cw = int(round(np.sqrt(target * ratio)))
+    ch = int(round(np.sqrt(target / ratio)))
+    if 0 < cw <= w and 0 < ch <= h:
+      top = int(u[4 * a + 2] * (h - ch + 1))
+      left = int(u[4 * a + 3] * (w - cw + 1))
+      return top, left, ch, cw
+  side = min(h, w)
+  return (h - side) // 2, (w - side) // 2, side, side
+
+
+def preprocess(images, size: int, *, train: bool, augment: str, channels: int | None,
+               crop_min_area: float = 0.05, eval_crop_fraction: float = 0.875,
+               seed: int = 0, index: np.ndarray | None = None) -> np.ndarray:
+  """A list/array of uint8 [H, W, C] images -> float32 [B, size, size, C'] in [-1, 1]."""
+  from PIL import Image
+
+  n = len(images)
+  u = pipeline.random_uniform(seed, _AUG, index if index is not None else np.arange(n), 41) if train else None
+  out = []
+  for i, image in enumerate(images):
+    image = np.asarray(image, np.uint8)
+    if image.ndim == 2:
+      image = image[..., None]
+    h, w, c = image.shape
+    img = _to_pil(image)
+    if train and augment == "inception_crop":
+      top, left, ch, cw = _inception_crop(h, w, u[i], crop_min_area)
+      img = img.resize((size, size), Image.BILINEAR, box=(left, top, left + cw, top + ch))
+    elif train or (h == size and w == size):
+      img = img.resize((size, size), Image.BILINEAR) if (h, w) != (size, size) else img
+    else:
+      short = max(size, int(round(size / eval_crop_fraction)))
+      nh, nw = (short, max(short, int(round(w * short / h)))) if h <= w else (
+          max(short, int(round(h * short / w))), short)
+      img = img.resize((nw, nh), Image.BILINEAR)
+      top, left = (nh - size) // 2, (nw - size) // 2
+      img = img.crop((left, top, left + size, top + size))
+    if train and augment in ("inception_crop", "flip") and u[i][40] < 0.5:
+      img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    x = _from_pil(img, c)
+    if channels is not None and x.shape[-1] != channels:
+      x = np.repeat(x, channels, axis=-1) if x.shape[-1] == 1 else (
+          np.asarray(img.convert("L"))[..., None] if channels == 1 else x[..., :channels])
+    out.append(x)
+  return np.stack(out).astype(np.float32) * (2.0 / 255.0) - 1.0
+
+
+class TfdsImageSource:
+  """Any TFDS image-classification dataset in ArrayRecord format, by name."""
+
+  def __init__(self, cfg):
+    self.cfg = cfg
+    self.name = cfg["dataset"]
+    self._sources = {}
+    self._builder = None
+
+  def _tfds_error(self, e):
+    where = self.cfg["data_dir"] or "the default TFDS data dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+    return UserError(
+        f"data.dataset={self.name!r} is not available as ArrayRecord in {where} ({type(e).__name__}: "
+        f"{str(e).splitlines()[0] if str(e) else ''}); prepare it with `tfds build {self.name.split(':')[0]} "
+        f"--file_format=array_record --data_dir=DIR` and set data.data_dir=DIR")
+
+  def builder(self):
+    if self._builder is None:
+      import tensorflow_datasets as tfds
+
+      try:
+        self._builder = tfds.builder(self.name, data_dir=self.cfg["data_dir"])
+        info = self._builder.info
+      except Exception as e:  # DatasetNotFoundError, bad version, unreadable data dir, ...
+        raise self._tfds_error(e) from e
+      for key in (self.cfg["image_key"], self.cfg["label_key"]):
+        if key not in info.features:
+          raise UserError(f"data.{'image_key' if key == self.cfg['image_key'] else 'label_key'}={key!r} "
+                          f"is not a feature of {self.name!r}; features: {', '.join(info.features)}")
+    return self._builder
+
+  def source(self, split: str):
+    if split not in self._sources:
+      import tensorflow_datasets as tfds
+
+      name = self.cfg["train_split" if split == "train" else "eval_split"]
+      try:
+        self._sources[split] = tfds.data_source(self.name, split=name, data_dir=self.cfg["data_dir"],
+                                                download=False)  # never download
+      except Exception as e:
+        if isinstance(e, UserError):
+          raise
+        if "split" in str(e).lower() and "not" in str(e).lower() and "generated" not in str(e):
+          raise UserError(f"data.{'train_split' if split == 'train' else 'eval_split'}={name!r} is not a "
+                          f"split of {self.name!r}: {str(e).splitlines()[0]}") from e
+        raise self._tfds_error(e) from e
+    return self._sources[split]
+
+  @property
+  def num_classes(self) -> int:
+    if self.cfg["num_classes"]:
+      return int(self.cfg["num_classes"])
+    feature = self.builder().info.features[self.cfg["label_key"]]
+    if not hasattr(feature, "num_classes"):
+      raise UserError(f"data.label_key={self.cfg['label_key']!r} of {self.name!r} is not a ClassLabel; "
+                      "set data.num_classes")
+    return int(feature.num_classes)
+
+  @property
+  def channels(self) -> int:
+    if self.cfg["channels"]:
+      return int(self.cfg["channels"])
+    shape = getattr(self.builder().info.features[self.cfg["image_key"]], "shape", None)
+    return int(shape[-1]) if shape and shape[-1] else 3
+
+  @property
+  def num_train(self) -> int:
+    return len(self.source("train"))
+
+  @property
+  def num_eval(self) -> int:
+    n = len(self.source("eval"))
+    return min(n, int(self.cfg["eval_examples"])) if self.cfg["eval_examples"] else n
+
+  def info(self) -> DataInfo:
+    size = int(self.cfg["image_size"])
+    return DataInfo(task="classification", num_classes=self.num_classes,
+                    image_shape=(size, size, self.channels), num_train_examples=self.num_train,
+                    num_eval_examples=self.num_eval)
+
+  def _batch(self, split, index, records, seed):
+    src = self.source(split)
+    records = [int(r) for r in records]
+    try:  # one batched read where the source supports it (ArrayRecord does)
+      examples = list(src.__getitems__(records))
+    except (AttributeError, TypeError):  # e.g. tfds.testing.mock_data's source
+      examples = [src[r] for r in records]
+    cfg, train = self.cfg, split == "train"
+    images = preprocess([e[cfg["image_key"]] for e in examples], int(cfg["image_size"]), train=train,
+                        augment=cfg["augment"], channels=self.channels,
+                        crop_min_area=cfg["crop_min_area"], eval_crop_fraction=cfg["eval_crop_fraction"],
+                        seed=seed, index=index)
+    labels = np.asarray([int(e[cfg["label_key"]]) for e in examples], np.int32)
+    if train:
+      labels = noisy_labels(labels, np.asarray(records), self.num_classes, cfg)
+    return {"image": images, "label": labels}
+
+  def train_batch_fn(self, seed: int):
+    self.source("train"), self.num_classes, self.channels  # fail early, outside grain threads
+    return lambda index, records: self._batch("train", index, records, seed)
+
+  def eval_batch_fn(self, seed: int):
+    self.source("eval"), self.num_classes, self.channels
+    return lambda index, records: self._batch("eval", index, records, seed)
