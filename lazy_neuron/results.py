@@ -205,13 +205,18 @@ def load_runs(workdirs: Iterable[str | os.PathLike]) -> list[Run]:
 
 
 def unique_names(workdirs: Sequence[str]) -> list[str]:
-  """Shortest path suffixes that tell the workdirs apart."""
-  parts = [w.rstrip("/").split("/") for w in workdirs]
-  for depth in range(1, max((len(p) for p in parts), default=1) + 1):
-    names = ["/".join(p[-depth:]) for p in parts]
-    if len(set(names)) == len(names):
-      return names
-  return [f"{n}#{i}" for i, n in enumerate(names)]
+  """For each workdir the shortest path suffix no other workdir shares (a/x/t5, b/x/t5, vit)."""
+  parts = [[p for p in w.rstrip("/").split("/") if p] or [w] for w in workdirs]
+  names = []
+  for i, p in enumerate(parts):
+    others = [q for j, q in enumerate(parts) if j != i]
+    for depth in range(1, len(p) + 1):
+      if all(q[-depth:] != p[-depth:] for q in others):
+        names.append("/".join(p[-depth:]))
+        break
+    else:  # the same workdir given twice
+      names.append(f"{workdirs[i].rstrip('/')}#{i}")
+  return names
 
 
 def find_runs(root: str | os.PathLike, max_depth: int = 3) -> list[str]:
