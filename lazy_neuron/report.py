@@ -407,7 +407,7 @@ class _Parser(argparse.ArgumentParser):
 def _check_out(out: str) -> None:
   from etils import epath
   p = epath.Path(out)
-  if p.exists() and not p.is_dir():
+  if results.exists(p) and not p.is_dir():
     raise UserError(f"--out={out} is an existing file; pass a folder (local or gs://)")
 
 

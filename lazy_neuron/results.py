@@ -43,6 +43,15 @@ def _path(p: Any):
   return epath.Path(p)
 
 
+def exists(path) -> bool:
+  """path.exists(), with a missing filesystem package (gcsfs for gs://) as a UserError."""
+  try:
+    return path.exists()
+  except ImportError as e:
+    raise UserError(f"reading {os.fspath(path)} needs a package that is not installed ({e}); "
+                    "for gs:// run `pip install gcsfs`") from None
+
+
 @dataclasses.dataclass
 class Run:
   """One workdir. `metrics` is columnar: {name: (steps int64 [n], values float64 [n])}, sorted by
@@ -173,7 +182,7 @@ def _read_metrics(text: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def load_run(workdir: str | os.PathLike, name: str | None = None) -> Run:
   """Reads a workdir (local or gs://). Raises UserError when it has no usable metrics.jsonl."""
   wd = _path(workdir)
-  if not wd.exists():
+  if not exists(wd):
     raise UserError(f"workdir {os.fspath(workdir)} does not exist; pass the --workdir of a "
                     "`lazy-neuron train` run")
   mfile = wd / "metrics.jsonl"
@@ -233,7 +242,7 @@ def find_runs(root: str | os.PathLike, max_depth: int = 3) -> list[str]:
           visit(child, depth + 1)
 
   root_p = _path(root)
-  if not root_p.exists():
+  if not exists(root_p):
     raise UserError(f"{os.fspath(root)} does not exist; pass a folder that holds workdirs")
   visit(root_p, 0)
   return sorted(found)

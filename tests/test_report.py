@@ -114,6 +114,14 @@ def test_load_run_errors(tmp_path):
     results.load_run(tmp_path)
 
 
+def test_gs_without_gcsfs_is_a_user_error():
+  import importlib.util
+  if importlib.util.find_spec("gcsfs") is not None:
+    pytest.skip("gcsfs installed; this would reach the network")
+  with pytest.raises(UserError, match="pip install gcsfs"):
+    results.load_run("gs://some-bucket/runs/t5")
+
+
 def test_unique_names():
   assert results.unique_names(["/a/x/t5", "/b/x/t5", "/c/vit"]) == ["a/x/t5", "b/x/t5", "vit"]
   assert results.unique_names(["gs://b/r/t5", "gs://b/r/t5"]) == ["gs://b/r/t5#0", "gs://b/r/t5#1"]
@@ -224,3 +232,23 @@ def test_notebook_runs(repo_root, workdirs, tmp_path):
   assert ns["run"].name == "dense" and [r.name for r in ns["runs"]] == ["dense", "topk"]
   assert (tmp_path / "nb_report" / "index.html").exists()
   plt.close("all")
+
+
+def test_report_sparse_logs(tmp_path, capsys):
+  # A run without sparsity metrics or npz, and a Mixer run logged on eval data only: no crash,
+  # the figures say what is missing, summary.json has nulls.
+  plain, mixer = tmp_path / "plain", tmp_path / "mixer"
+  plain.mkdir()
+  mixer.mkdir()
+  (plain / "metrics.jsonl").write_text('{"step": 1, "train/loss": 2.0}\n')
+  rows = [{"step": s, "eval/loss": 1.0 / (s + 1), "sparsity/eval/mean/nonzero_frac": 0.5 - 0.01 * s,
+           **{f"sparsity/eval/mixer/{k}_{i:02d}/nonzero_frac": 0.5 - 0.01 * s
+              for i in range(2) for k in ("token", "channel")}} for s in range(3)]
+  (mixer / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  out = tmp_path / "out"
+  assert report.main(["lazy-neuron report", str(plain), str(mixer), f"--out={out}"]) == 0
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["runs"][0]["final"]["eval/loss"] is None
+  assert list(summary["runs"][1]["layers"]["values"]) == [
+      "mixer/token_00", "mixer/channel_00", "mixer/token_01", "mixer/channel_01"]
+  assert _png_ok(out / "plain" / "firing_hist.png") and _png_ok(out / "mixer" / "final_layers.png")
