@@ -31,7 +31,7 @@ class JsonlWriter:
             if line.strip() and json.loads(line).get("step", 0) <= step]
     tmp = self.path.parent / (self.path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
-    tmp.rename(self.path)
+    tmp.replace(self.path)
 
   def write(self, step: int, values: Mapping[str, Any]) -> None:
     row = {"step": int(step)}

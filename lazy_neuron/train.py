@@ -357,8 +357,11 @@ def evaluate(steps: Steps, params, config, step: int, workdir: Optional[str],
 # Train loop
 # ================================================================================================
 def train_and_evaluate(config, workdir: str, devices: Optional[Sequence[Any]] = None,
-                       stream=sys.stdout) -> dict[str, float]:
-  """Trains `config` into `workdir` (resuming from its latest checkpoint). Returns the last metrics."""
+                       stream=sys.stdout, stop_after: Optional[int] = None) -> dict[str, float]:
+  """Trains `config` into `workdir` (resuming from its latest checkpoint). Returns the last metrics.
+
+  `stop_after=N` checkpoints and returns after step N, as a preempted run would (tests use it).
+  """
   setup = build_setup(config, devices)        # every check on user input happens in here
   check_workdir(workdir, config)
   is_main = jax.process_index() == 0
@@ -428,8 +431,12 @@ def train_and_evaluate(config, workdir: str, devices: Optional[Sequence[Any]] = 
         write(st, values, t)
       write(step, evaluate(steps, state["params"], config, step, workdir if is_main else None,
                            sync_each_step))
-    if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0) or final:
-      ckpt.save(step, state, train_iter.get_state(), force=final)
+    stop = stop_after is not None and step >= stop_after
+    if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0) or final \
+        or stop:
+      ckpt.save(step, state, train_iter.get_state(), force=final or stop)
+    if stop:
+      break
     for st, values, t in pending.flush(block=False):
       write(st, values, t)
   for st, values, t in pending.flush(block=True):

@@ -136,4 +136,4 @@ def _atomic_write(path: str, data: bytes) -> None:
   p.parent.mkdir(parents=True, exist_ok=True)
   tmp = p.parent / (p.name + ".tmp")
   tmp.write_bytes(data)
-  tmp.rename(p)
+  tmp.replace(p)

@@ -1,0 +1,145 @@
+"""The reported nonzero fractions equal a direct numpy computation on captured activations."""
+import types
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from lazy_neuron import sparsity
+from lazy_neuron.models import build_model, dummy_batch
+from lazy_neuron.models.activations import ACTIVATIONS
+
+INFO = types.SimpleNamespace(task="span_corruption", vocab_size=200, inputs_length=20,
+                             targets_length=6)
+
+
+def cfg(**kw):
+  d = dict(name="t5", variant="tiny", activation="relu", activation_threshold=0.0, topk=None,
+           topk_backend="auto", dtype="float32", mlp_dim=256, emb_dim=64, num_heads=2, head_dim=32)
+  d.update(kw)
+  return ml_collections.ConfigDict(d)
+
+
+def padded_batch(seed=0):
+  rng = np.random.default_rng(seed)
+  b = {"encoder_input_tokens": rng.integers(2, 200, (4, 20)).astype(np.int32),
+       "decoder_input_tokens": rng.integers(2, 200, (4, 6)).astype(np.int32),
+       "decoder_target_tokens": rng.integers(2, 200, (4, 6)).astype(np.int32)}
+  # Different amounts of padding per example (pad id 0), including one fully padded target row.
+  for i, n in enumerate([0, 5, 11, 19]):
+    if n:
+      b["encoder_input_tokens"][i, -n:] = 0
+  for i, n in enumerate([0, 2, 6, 3]):
+    if n:
+      b["decoder_target_tokens"][i, -n:] = 0
+  return b
+
+
+def run_and_capture(model_config, batch):
+  model = build_model(model_config, INFO)
+  variables = model.module.init(jax.random.PRNGKey(1), **model.inputs(batch))
+  params = nn.meta.unbox(variables["params"])
+  # Capture each MLP's pre-activation (the output of its `wi` Dense) to recompute the map in numpy.
+  _, state = model.module.apply(
+      {"params": params}, **model.inputs(batch), mutable=["sparsity", "intermediates"],
+      capture_intermediates=lambda mdl, _: mdl.name == "wi")
+  return model, state
+
+
+def numpy_nonzero(pre, mask, activation, threshold):
+  a = np.asarray(ACTIVATIONS[activation](pre))
+  nz = (np.abs(a) > threshold) & mask[..., None].astype(bool)
+  return nz.sum(axis=(0, 1)), int(mask.sum())
+
+
+@pytest.mark.parametrize("activation,threshold", [("relu", 0.0), ("gelu", 0.05), ("silu", 0.1),
+                                                  ("relu2", 0.0)])
+def test_reported_fractions_equal_numpy_with_padding_excluded(activation, threshold):
+  batch = padded_batch()
+  model, state = run_and_capture(cfg(activation=activation, activation_threshold=threshold), batch)
+  stats = sparsity.flatten_stats(jax.device_get(state["sparsity"]))
+  masks = {"encoder": batch["encoder_input_tokens"] > 0,
+           "decoder": batch["decoder_target_tokens"] > 0}
+  inter = state["intermediates"]
+  assert list(stats) == ["encoder/layer_00", "encoder/layer_01", "decoder/layer_00",
+                         "decoder/layer_01"]
+  for layer, s in stats.items():
+    stack, name = layer.split("/")
+    pre = np.asarray(inter[stack][name]["mlp"]["wi"]["__call__"][0])
+    fire, tokens = numpy_nonzero(pre, masks[stack], activation, threshold)
+    assert s.tokens == tokens
+    np.testing.assert_array_equal(s.fire, fire)
+    assert s.nonzero_frac == pytest.approx(fire.sum() / (tokens * pre.shape[-1]), rel=1e-12)
+    assert s.dead_frac == pytest.approx(np.mean(fire == 0))
+  metrics = sparsity.metrics_from_stats(stats, "eval")
+  assert metrics["sparsity/eval/mean/nonzero_frac"] == pytest.approx(
+      np.mean([s.nonzero_frac for s in stats.values()]))
+  assert "sparsity/eval/decoder/layer_01/dead_frac" in metrics
+
+
+def test_padding_does_not_change_the_counts():
+  """Appending padding tokens leaves every count unchanged."""
+  batch = padded_batch()
+  _, state = run_and_capture(cfg(), batch)
+  longer = dict(batch)
+  longer["encoder_input_tokens"] = np.concatenate(
+      [batch["encoder_input_tokens"], np.zeros((4, 12), np.int32)], axis=1)
+  _, state2 = run_and_capture(cfg(), longer)
+  a = sparsity.flatten_stats(jax.device_get(state["sparsity"]))["encoder/layer_00"]
+  b = sparsity.flatten_stats(jax.device_get(state2["sparsity"]))["encoder/layer_00"]
+  assert a.tokens == b.tokens
+
+
+@pytest.mark.parametrize("name,info", [
+    ("t5", INFO),
+    ("vit", types.SimpleNamespace(task="classification", num_classes=10, image_shape=(16, 16, 3))),
+    ("mixer", types.SimpleNamespace(task="classification", num_classes=10,
+                                    image_shape=(16, 16, 3))),
+    ("mlp", types.SimpleNamespace(task="classification", num_classes=10, image_shape=(64,))),
+])
+def test_about_half_nonzero_at_initialisation(name, info):
+  model = build_model(ml_collections.ConfigDict(dict(
+      name=name, variant="tiny", activation="relu", activation_threshold=0.0, topk=None,
+      topk_backend="auto", dtype="float32")), info)
+  batch = dummy_batch(model, info, 8)
+  rng = np.random.default_rng(0)
+  if name == "t5":
+    for k in ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens"):
+      batch[k] = rng.integers(2, info.vocab_size, batch[k].shape).astype(np.int32)
+  else:
+    batch["image"] = rng.normal(size=batch["image"].shape).astype(np.float32)
+  variables = model.module.init(jax.random.PRNGKey(0), **model.inputs(batch))
+  _, state = model.module.apply({"params": nn.meta.unbox(variables["params"])},
+                                **model.inputs(batch), mutable=["sparsity"])
+  stats = sparsity.flatten_stats(jax.device_get(state["sparsity"]))
+  assert stats
+  for layer, s in stats.items():
+    assert 0.40 < s.nonzero_frac < 0.60, (layer, s.nonzero_frac)
+
+
+def test_example_mask_excludes_padded_examples():
+  info = types.SimpleNamespace(task="classification", num_classes=10, image_shape=(64,))
+  model = build_model(ml_collections.ConfigDict(dict(
+      name="mlp", variant="tiny", activation="relu", activation_threshold=0.0, topk=None,
+      topk_backend="auto", dtype="float32")), info)
+  x = np.random.default_rng(0).normal(size=(6, 64)).astype(np.float32)
+  mask = np.array([1, 1, 1, 0, 0, 1], np.float32)
+  variables = model.module.init(jax.random.PRNGKey(0), image=x)
+  params = nn.meta.unbox(variables["params"])
+  _, state = model.module.apply({"params": params}, image=x, example_mask=mask,
+                                mutable=["sparsity", "intermediates"],
+                                capture_intermediates=lambda mdl, _: mdl.name == "wi")
+  s = sparsity.flatten_stats(jax.device_get(state["sparsity"]))["mlp/layer_00"]
+  pre = np.asarray(state["intermediates"]["mlp"]["layer_00"]["wi"]["__call__"][0])
+  assert s.tokens == 4
+  np.testing.assert_array_equal(s.fire, ((pre > 0) & (mask[:, None] > 0)).sum(0))
+
+
+def test_npz_round_trip(tmp_path):
+  stats = {"encoder/layer_00": sparsity.LayerStats(fire=np.array([0, 3, 10]), tokens=10)}
+  path = sparsity.save_npz(str(tmp_path), 7, stats)
+  assert path.endswith("sparsity/step_7.npz")
+  loaded = sparsity.load_npz(path)
+  np.testing.assert_allclose(loaded["encoder/layer_00"], [0.0, 0.3, 1.0])

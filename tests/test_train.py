@@ -1,0 +1,204 @@
+"""The trainer: sharded == single-device, exact resume, every config runs, bad input fails cleanly."""
+import glob
+import io
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from lazy_neuron import checkpointing, train
+from lazy_neuron.errors import UserError
+
+T5_LOCAL = "configs/t5_offline.py:runlocal"
+
+
+@pytest.fixture(autouse=True)
+def _chdir_repo(repo_root, monkeypatch):
+  monkeypatch.chdir(repo_root)
+
+
+def load(spec=T5_LOCAL, *overrides):
+  return train.load_config(spec, list(overrides))
+
+
+# --------------------------------------------------------------------------------------- sharding
+def _two_steps(config, devices):
+  setup = train.build_setup(config, devices)
+  steps = train.Steps(setup)
+  from lazy_neuron import data
+  it = data.build(config.data, split="train", batch_size=config.batch_size, seed=config.seed)
+  with steps.context():
+    state = steps.init(jax.random.PRNGKey(config.seed))
+    window = steps.zero_window()
+    for _ in range(2):
+      batch = train.to_global(next(it), setup.batch_sharding)
+      state, window = steps.train_step(state, window, batch)
+      jax.block_until_ready(state)  # fake CPU devices deadlock with several steps in flight
+    ev = steps.eval_step(state["params"], batch)
+  return jax.device_get((state, window, ev))
+
+
+def test_sharded_step_on_8_devices_matches_1_device():
+  assert len(jax.devices()) == 8
+  config = load()
+  one = _two_steps(config, jax.devices()[:1])
+  eight = _two_steps(config, jax.devices())
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                               rtol=2e-5, atol=2e-6)
+  # The sparsity counts are integers: exactly equal.
+  fires = lambda t: [x for p, x in jax.tree_util.tree_flatten_with_path(t)[0]
+                     if "fire" in jax.tree_util.keystr(p)]
+  for a, b in zip(fires(one[1]), fires(eight[1])):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("rules", ["fsdp", "tensor_parallel"])
+def test_fsdp_and_tensor_parallel_steps_match_data_parallel(rules):
+  base = _two_steps(load(), jax.devices()[:1])
+  mesh = "[('data', 2), ('fsdp', 2), ('model', 2)]" if rules == "tensor_parallel" else \
+      "[('data', 2), ('fsdp', 4)]"
+  other = _two_steps(load(T5_LOCAL, f"config.sharding_rules={rules}", f"config.mesh={mesh}"),
+                     jax.devices())
+  for a, b in zip(jax.tree.leaves(base[0]["params"]), jax.tree.leaves(other[0]["params"])):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+# ----------------------------------------------------------------------------------------- resume
+def _read_metrics(workdir):
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  return rows
+
+
+def _final_params(workdir, config):
+  setup = train.build_setup(config, jax.devices()[:1])
+  ckpt = checkpointing.Checkpointer(workdir, every_steps=1)
+  step = ckpt.latest_step()
+  abstract = checkpointing.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
+  state, data_state = ckpt.restore(step, abstract)
+  ckpt.close()
+  return step, jax.device_get(state), data_state
+
+
+def test_resumed_run_continues_at_the_right_step_and_matches(tmp_path):
+  config = load(T5_LOCAL, "config.mesh=[('data', 1)]")
+  devices = jax.devices()[:1]
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  train.train_and_evaluate(config, straight, devices, stream=io.StringIO())
+  out = io.StringIO()
+  train.train_and_evaluate(config, resumed, devices, stream=out, stop_after=4)
+  assert _final_params(resumed, config)[0] == 4
+  out = io.StringIO()
+  train.train_and_evaluate(config, resumed, devices, stream=out)
+  assert "resumed from" in out.getvalue() and "checkpoints/4" in out.getvalue()
+  assert "step 6/6" in out.getvalue() and "step 2/6 " not in out.getvalue()
+  s1, p1, d1 = _final_params(straight, config)
+  s2, p2, d2 = _final_params(resumed, config)
+  assert s1 == s2 == 6 and d1 == d2
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+    np.testing.assert_array_equal(a, b)
+  m1, m2 = _read_metrics(straight), _read_metrics(resumed)
+  assert [r["step"] for r in m1] == [r["step"] for r in m2]
+  for a, b in zip(m1, m2):
+    assert a.keys() == b.keys()
+    for k in a:
+      if k not in ("train/learning_rate",):
+        assert a[k] == pytest.approx(b[k], rel=1e-6), k
+  assert os.path.exists(os.path.join(resumed, "sparsity", "step_6.npz"))
+
+
+# ------------------------------------------------------------------------------------ all configs
+CONFIGS = sorted(p for p in glob.glob("configs/*.py") if not p.endswith("common.py"))
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_every_config_trains_with_runlocal(path, tmp_path):
+  config = load(f"{path}:runlocal")
+  last = train.train_and_evaluate(config, str(tmp_path), stream=io.StringIO())
+  rows = _read_metrics(str(tmp_path))
+  assert rows[0]["step"] == 0 and "sparsity/eval/mean/nonzero_frac" in rows[0]
+  assert rows[-1]["step"] == config.total_steps
+  assert any("train/loss" in r for r in rows)
+  assert np.isfinite(last.get("eval/loss", 0.0))
+  names = [k for r in rows for k in r if k.startswith("sparsity/train/")]
+  assert any(k.endswith("/nonzero_frac") for k in names)
+  assert any(k.endswith("/dead_frac") for k in names)
+  assert glob.glob(str(tmp_path / "sparsity" / "step_*.npz"))
+  assert json.load(open(tmp_path / "config.json"))["model"]["name"] == config.model.name
+
+
+def test_every_config_has_a_docstring_with_its_command():
+  for path in CONFIGS:
+    text = open(path).read()
+    assert text.startswith('"""') and "lazy-neuron train --config=" + path in text, path
+
+
+# ------------------------------------------------------------------------------------- bad input
+BAD = [
+    (["--config.model.nme=3"], "unknown config key 'config.model.nme'"),
+    (["--config.total_steps=abc"], "config.total_steps='abc' is not a valid int"),
+    (["--config.model.activation=rleu"], "model.activation='rleu'"),
+    (["--config.model.topk=5000"], "model.topk=5000"),
+    (["--config.mesh=[('data', 3)]"], "config.mesh=[('data', 3)]"),
+    (["--config.batch_size=6"], "batch_size=6 is not divisible"),
+    (["--config.optimizer.name=adamm"], "optimizer.name='adamm'"),
+    (["--config.data.tokenizer=/nonexistent/spm.model"], "/nonexistent/spm.model"),
+    (["--wrkdir=/tmp/x"], "unknown flag --wrkdir"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD)
+def test_bad_config_fails_with_one_line_error_and_writes_nothing(extra, message, tmp_path,
+                                                                 capsys):
+  workdir = tmp_path / "run"
+  code = train.main(["lazy-neuron train", f"--config={T5_LOCAL}", f"--workdir={workdir}"] + extra)
+  err = capsys.readouterr().err.strip()
+  assert code == 2
+  assert len(err.splitlines()) == 1 and err.startswith("lazy-neuron: error:"), err
+  assert message in err, err
+  assert not workdir.exists()
+
+
+def test_bad_config_arg_fails_from_the_console_script(tmp_path):
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "lazy_neuron.cli", "train", "--config=configs/t5_offline.py:runlocl",
+       f"--workdir={workdir}"], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "lazy-neuron: error: unknown config arg 'runlocl'; valid args: runlocal, steps, tokenizer, "
+      "topk, variant"]
+  assert not workdir.exists()
+
+
+def test_workdir_with_a_different_config_is_refused(tmp_path, capsys):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps({"seed": 123}))
+  before = sorted(os.listdir(workdir))
+  code = train.main(["lazy-neuron train", f"--config={T5_LOCAL}", f"--workdir={workdir}"])
+  err = capsys.readouterr().err
+  assert code == 2 and "holds a run with a different config" in err
+  assert sorted(os.listdir(workdir)) == before
+
+
+def test_unwritable_workdir_is_refused(tmp_path, capsys):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  code = train.main(["lazy-neuron train", f"--config={T5_LOCAL}",
+                     f"--workdir={blocker / 'run'}"])
+  assert code == 2 and "not writable" in capsys.readouterr().err
+
+
+def test_parse_arg_types_and_rejects():
+  from lazy_neuron.config_lib import parse_arg
+  a = parse_arg("runlocal,steps=7,lr=0.5,name=x", runlocal=False, steps=1, lr=1.0, name="y")
+  assert (a.runlocal, a.steps, a.lr, a.name) == (True, 7, 0.5, "x")
+  with pytest.raises(UserError, match="unknown config arg 'bogus'"):
+    parse_arg("bogus=1", steps=1)
+  with pytest.raises(UserError, match="not a valid int"):
+    parse_arg("steps=x", steps=1)
