@@ -137,6 +137,14 @@ def sweep(t, d, k, dtype, configs):
   return out
 
 
+def _tune_candidates(d):
+  if d >= 8192:
+    return [dict(num_warps=w, chunk=c, reload_x=True) for w in (4, 8, 16) for c in (2048, 4096)]
+  chunks = (1024, 2048) if d > 1024 else (1024,)
+  return [dict(num_warps=w, chunk=c, bracket=b, reload_x=False)
+          for w in (1, 2) for c in chunks for b in ("minmax", "full")]
+
+
 def _fmt(v):
   if v is None:
     return "-"
@@ -159,6 +167,8 @@ def main(argv=None) -> int:
   p.add_argument("--data", default="normal", choices=["normal", "relu"])
   p.add_argument("--no-check", action="store_true", help="skip the exactness check")
   p.add_argument("--sweep", action="store_true", help="also sweep Triton launch configs")
+  p.add_argument("--tune", action="store_true",
+                 help="per (D, dtype): time Triton launch configs at k=128, use the best")
   p.add_argument("--quick", action="store_true", help="tiny grid, seconds on a CPU")
   p.add_argument("--hardware", default=None, help="hardware name recorded in the JSON")
   a = p.parse_args(argv[1:])
@@ -177,8 +187,17 @@ def main(argv=None) -> int:
           "exact"]
   print(" ".join(f"{c:>9}" for c in cols), flush=True)
   baselines = [b for b in a.baselines.split(",") if b]
+  tuned = []
   for dtype in a.dtypes.split(","):
     for d in [int(v) for v in a.D.split(",")]:
+      if a.tune and dev.platform == "gpu" and backend == "pallas_gpu":
+        from lazy_neuron.kernels.topk import pallas_gpu
+        res = sweep(a.T, d, min(128, d), jnp.dtype(dtype), _tune_candidates(d))
+        best = min((r for r in res if r["fwd_ms"] is not None), key=lambda r: r["fwd_ms"])
+        cfg = {c: best[c] for c in ("num_warps", "chunk", "bracket", "reload_x") if c in best}
+        pallas_gpu.TUNED[(d, jnp.dtype(dtype).name)] = cfg
+        tuned.append(dict(D=d, dtype=jnp.dtype(dtype).name, config=cfg, all=res))
+        print(f"# tuned D={d} {dtype}: {cfg} {best['fwd_ms']:.3f} ms", flush=True)
       for k in [int(v) for v in a.k.split(",")]:
         if k > d:
           continue
@@ -188,8 +207,8 @@ def main(argv=None) -> int:
         print(" ".join(f"{_fmt(rec.get(c)):>9}" for c in cols), flush=True)
         if a.out:  # incremental, so a run cut short still leaves its rows
           with open(a.out, "w") as f:
-            json.dump(dict(meta=meta, results=results), f, indent=1)
-  out = dict(meta=meta, results=results)
+            json.dump(dict(meta=meta, results=results, tuned=tuned), f, indent=1)
+  out = dict(meta=meta, results=results, tuned=tuned)
   if a.sweep and dev.platform == "gpu":
     cfgs = []
     for rows in (1, 2, 4):

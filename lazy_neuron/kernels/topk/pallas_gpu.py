@@ -30,7 +30,8 @@ def _chunks(d: int, chunk: int):
   return out
 
 
-def _kernel(x_ref, y_ref, t_ref, cut_ref, *, k, t_rows, d, rows, chunk, n_interp, reload_x):
+def _kernel(x_ref, y_ref, t_ref, cut_ref, *, k, t_rows, d, rows, chunk, n_interp, reload_x,
+            bracket):
   i = pl.program_id(0)
   row = i * rows + jnp.arange(rows, dtype=jnp.int32)
   row_ok = row < t_rows
@@ -50,7 +51,8 @@ def _kernel(x_ref, y_ref, t_ref, cut_ref, *, k, t_rows, d, rows, chunk, n_interp
     valids.append(valid)
     masks.append(m)
     cols.append((c0, col, x))
-  t, cut = search.row_threshold(keys_, vals, valids, k=k, d=d, dtype=dtype, n_interp=n_interp)
+  t, cut = search.row_threshold(keys_, vals, valids, k=k, d=d, dtype=dtype, n_interp=n_interp,
+                                bracket=bracket)
   for kc, m, (c0, col, x) in zip(keys_, masks, cols):
     keep = search.keep_chunk(kc, t, cut, c0)
     if reload_x:
@@ -61,20 +63,30 @@ def _kernel(x_ref, y_ref, t_ref, cut_ref, *, k, t_rows, d, rows, chunk, n_interp
   plgpu.store(cut_ref.at[row], cut[:, 0], mask=row_ok)
 
 
+# Launch configs measured on an H200 (bench topk --tune), keyed by (D, dtype name); other shapes
+# use the rule in default_config.
+TUNED: dict = {}
+
+
 def default_config(d: int, dtype) -> dict:
+  tuned = TUNED.get((d, jnp.dtype(dtype).name))
+  if tuned is not None:
+    return dict(dict(rows=1, chunk=1024, num_warps=2, n_interp=None, reload_x=False,
+                     bracket="minmax"), **tuned)
   itemsize = jnp.dtype(dtype).itemsize
   chunk = 1024 if d >= 1024 else pl.next_power_of_2(d)
   elems = pl.next_power_of_2(d) if d < 1024 else d
   num_warps = 4 if elems <= 4096 else 8
   return dict(rows=1, chunk=chunk, num_warps=num_warps, n_interp=None,
-              reload_x=d * itemsize > 16384)
+              reload_x=d * itemsize > 16384, bracket="minmax")
 
 
 @functools.partial(jax.jit, static_argnames=("k", "interpret", "rows", "chunk", "num_warps",
-                                              "n_interp", "reload_x"))
+                                              "n_interp", "reload_x", "bracket"))
 def forward(x2d, k: int, *, interpret: bool = False, rows: int | None = None,
             chunk: int | None = None, num_warps: int | None = None,
-            n_interp: int | None = None, reload_x: bool | None = None):
+            n_interp: int | None = None, reload_x: bool | None = None,
+            bracket: str | None = None):
   """x2d [T, D] -> (y [T, D], t [T] int32, cut [T] int32)."""
   t_rows, d = x2d.shape
   cfg = default_config(d, x2d.dtype)
@@ -82,8 +94,10 @@ def forward(x2d, k: int, *, interpret: bool = False, rows: int | None = None,
   chunk = cfg["chunk"] if chunk is None else chunk
   num_warps = cfg["num_warps"] if num_warps is None else num_warps
   reload_x = cfg["reload_x"] if reload_x is None else reload_x
+  bracket = cfg["bracket"] if bracket is None else bracket
+  n_interp = cfg["n_interp"] if n_interp is None else n_interp
   kernel = functools.partial(_kernel, k=k, t_rows=t_rows, d=d, rows=rows, chunk=chunk,
-                             n_interp=n_interp, reload_x=reload_x)
+                             n_interp=n_interp, reload_x=reload_x, bracket=bracket)
   out_shape = (jax.ShapeDtypeStruct((t_rows, d), x2d.dtype),
                jax.ShapeDtypeStruct((t_rows,), jnp.int32),
                jax.ShapeDtypeStruct((t_rows,), jnp.int32))

@@ -43,7 +43,8 @@ def default_n_interp(dtype) -> int:
 
 def row_threshold(key_chunks, val_chunks, valid_chunks, *, k: int, d: int, dtype,
                   count_dtype=jnp.int32, tie: str = "cumsum", n_interp: int | None = None,
-                  minmax_in_float: bool = False, return_steps: bool = False, rf_on: bool = True):
+                  minmax_in_float: bool = False, return_steps: bool = False, rf_on: bool = True,
+                  bracket: str = "minmax"):
   """Returns (t, cut), int32 [R, 1]. `valid_chunks[i]` is None or a bool mask of chunk i."""
   dtype = jnp.dtype(dtype)
   bits = keys_lib.key_bits(dtype)
@@ -68,7 +69,10 @@ def row_threshold(key_chunks, val_chunks, valid_chunks, *, k: int, d: int, dtype
   for kc, vc, ok in zip(key_chunks, val_chunks, valid_chunks):
     a = jnp.sum(vc, axis=1, keepdims=True)
     b = jnp.sum(vc * vc, axis=1, keepdims=True)
-    if minmax_in_float:
+    if bracket == "full":  # no min/max reductions: the whole key range (NaN canonicalised)
+      mn_k = jnp.full(a.shape, keys_lib.float_to_key(jnp.array(-jnp.inf, dtype)), jnp.int32)
+      mx_k = jnp.full(a.shape, keys_lib.nan_key(dtype), jnp.int32)
+    elif minmax_in_float:
       # Mosaic-friendly: reduce float values, NaN handled through the keys afterwards.
       vmin_src = jnp.where(kc == PAD_KEY, jnp.float32(jnp.inf), vc)
       mn = jnp.min(jnp.where(jnp.isnan(vc), jnp.float32(jnp.inf), vmin_src), axis=1, keepdims=True)
