@@ -24,6 +24,14 @@ def nan_key(dtype) -> int:
   return inf_bits + 1  # +inf bits are positive, so key == bits
 
 
+def neg_inf_key(dtype) -> int:
+  """The key of -inf (the smallest key once NaNs are canonicalised), as a Python int."""
+  dtype = jnp.dtype(dtype)
+  nbits = 8 * dtype.itemsize
+  b = int(np.array(-np.inf, dtype).view(np.int16 if nbits == 16 else np.int32))
+  return b ^ ((b >> (nbits - 1)) & ((1 << (nbits - 1)) - 1))
+
+
 def _key_from_signed_bits(b, bits: int):
   """b: int32 holding the (sign-extended) bit pattern. Involution: also maps keys back to bits."""
   return b ^ ((b >> (bits - 1)) & ((1 << (bits - 1)) - 1))

@@ -63,22 +63,31 @@ def _kernel(x_ref, y_ref, t_ref, cut_ref, *, k, t_rows, d, rows, chunk, n_interp
   plgpu.store(cut_ref.at[row], cut[:, 0], mask=row_ok)
 
 
-# Launch configs measured on an H200 (bench topk --tune), keyed by (D, dtype name); other shapes
-# use the rule in default_config.
-TUNED: dict = {}
+# Launch configs picked on one NVIDIA H200 by `lazy-neuron bench topk --tune` (T = 65536, k = 128,
+# N(0, 1) rows; docs/bench/topk_h200.json), keyed by (D, dtype name). Other shapes use the rule below,
+# which interpolates these.
+TUNED: dict = {
+    (1024, "bfloat16"): dict(num_warps=1, chunk=1024),
+    (1024, "float32"): dict(num_warps=1, chunk=1024),
+    (3072, "bfloat16"): dict(num_warps=2, chunk=1024),
+    (3072, "float32"): dict(num_warps=1, chunk=1024),
+    (4096, "bfloat16"): dict(num_warps=2, chunk=2048),
+    (4096, "float32"): dict(num_warps=2, chunk=2048),
+    (16384, "bfloat16"): dict(num_warps=4, chunk=4096, reload_x=True),
+    (16384, "float32"): dict(num_warps=4, chunk=4096, reload_x=True),
+}
 
 
 def default_config(d: int, dtype) -> dict:
+  base = dict(rows=1, chunk=1024, num_warps=2, n_interp=None, reload_x=False, bracket="minmax")
   tuned = TUNED.get((d, jnp.dtype(dtype).name))
   if tuned is not None:
-    return dict(dict(rows=1, chunk=1024, num_warps=2, n_interp=None, reload_x=False,
-                     bracket="minmax"), **tuned)
-  itemsize = jnp.dtype(dtype).itemsize
-  chunk = 1024 if d >= 1024 else pl.next_power_of_2(d)
-  elems = pl.next_power_of_2(d) if d < 1024 else d
-  num_warps = 4 if elems <= 4096 else 8
-  return dict(rows=1, chunk=chunk, num_warps=num_warps, n_interp=None,
-              reload_x=d * itemsize > 16384, bracket="minmax")
+    return dict(base, **tuned)
+  if d <= 1024:
+    return dict(base, num_warps=1, chunk=pl.next_power_of_2(d))
+  if d <= 6144:
+    return dict(base, num_warps=2, chunk=1024 if d % 2048 else 2048)
+  return dict(base, num_warps=4, chunk=4096, reload_x=True)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "interpret", "rows", "chunk", "num_warps",

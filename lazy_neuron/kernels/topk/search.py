@@ -70,7 +70,7 @@ def row_threshold(key_chunks, val_chunks, valid_chunks, *, k: int, d: int, dtype
     a = jnp.sum(vc, axis=1, keepdims=True)
     b = jnp.sum(vc * vc, axis=1, keepdims=True)
     if bracket == "full":  # no min/max reductions: the whole key range (NaN canonicalised)
-      mn_k = jnp.full(a.shape, keys_lib.float_to_key(jnp.array(-jnp.inf, dtype)), jnp.int32)
+      mn_k = jnp.full(a.shape, keys_lib.neg_inf_key(dtype), jnp.int32)
       mx_k = jnp.full(a.shape, keys_lib.nan_key(dtype), jnp.int32)
     elif minmax_in_float:
       # Mosaic-friendly: reduce float values, NaN handled through the keys afterwards.
