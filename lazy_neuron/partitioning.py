@@ -161,3 +161,9 @@ def sharding_plan(params: Any, shardings: Any) -> tuple[list[tuple[str, tuple, s
     total += nbytes
     rows.append(("/".join(_path_key(path)), tuple(leaf.shape), str(sh.spec), nbytes))
   return rows, total
+
+
+def check_plan(params: Any, shardings: Any, mesh: Mesh, config: Any) -> None:
+  """Refuses plans that contradict the config (e.g. a large parameter left replicated while the
+  config asks for sharded parameters). Raises UserError."""
+  del params, shardings, mesh, config  # rules to come with the scale-out work (issue 5)

@@ -174,7 +174,8 @@ class Setup:
   batch_sharding: NamedSharding
 
 
-def build_setup(config, devices: Optional[Sequence[Any]] = None) -> Setup:
+def build_setup(config, devices: Optional[Sequence[Any]] = None, info: Any = None) -> Setup:
+  """`info` overrides the data's DataInfo (benchmarks on synthetic batches of a dataset's shapes)."""
   # ---------------------------------------------------------------------------------------- mesh
   mesh = partitioning.make_mesh(config.mesh, devices)
   rules = partitioning.resolve_rules(config.sharding_rules, mesh)
@@ -186,7 +187,7 @@ def build_setup(config, devices: Optional[Sequence[Any]] = None) -> Setup:
                       f"{dict(mesh.shape)}) and the {jax.process_count()} processes; use a multiple "
                       f"of {int(np.lcm(dp, jax.process_count()))}")
   # ---------------------------------------------------------------------------------------- data
-  info = data.info(config.data)
+  info = data.info(config.data) if info is None else info
   # ------------------------------------------------------------------------- model and optimizer
   model = build_model(config.model, info, measure=config.sparsity.enabled)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
@@ -196,6 +197,7 @@ def build_setup(config, devices: Optional[Sequence[Any]] = None) -> Setup:
     boxed = jax.eval_shape(lambda rng: _init_params(model, rng, dummy), jax.random.PRNGKey(0))
     param_sh = partitioning.logical_shardings(boxed, mesh, rules)
   params = nn.meta.unbox(boxed)
+  partitioning.check_plan(params, param_sh, mesh, config)
   opt_abstract = jax.eval_shape(tx.init, params)
   opt_sh = partitioning.match_shardings_by_path(opt_abstract, params, param_sh, mesh)
   replicated = NamedSharding(mesh, P())

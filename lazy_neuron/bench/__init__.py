@@ -10,6 +10,7 @@ import sys
 BENCHMARKS = {
     "topk": "Top-k mask kernels vs copy floor, lax.top_k, approx_max_k, torch.topk",
     "train": "training-step throughput of a config (dense vs top-k, sparsity on/off)",
+    "input": "input-pipeline throughput (images/s decoded from JPEG records, tokens/s of text)",
 }
 
 
