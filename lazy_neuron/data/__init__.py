@@ -8,18 +8,27 @@ Sources (`data.name`):
 - `gaussian`: i.i.d. Gaussian inputs with random labels, a fresh example every step (infinite data).
 - `tfds`: any TFDS image-classification dataset prepared as ArrayRecord (`data.dataset`), read with
   `tfds.data_source`, ViT-style preprocessing; `label_noise` / `random_labels` switches (also digits).
+- `tfds_text` / `c4`: T5 span corruption on a TFDS text dataset (C4), packed, with a sentencepiece
+  model (`data.tokenizer`); ArrayRecord via `tfds.data_source`, TFRecord via tf.data (`tf` extra).
+
+Ablations: `random_labels`, `label_noise`, `random_inputs` (Gaussian images / uniform random tokens),
+`one_pass` (never repeat an example; `check_steps` errors before a run that would), and `gaussian`
+(a fresh example every step).
 
 API::
 
   cfg = get_data_config("docstrings", tokenizer="spm", vocab_size=2048, inputs_length=128)
   validate(cfg)                      # cheap; UserError on any bad key/value
   info(cfg)                          # DataInfo (may train/load the cached tokenizer)
+  check_steps(cfg, total_steps, batch_size)   # UserError if a one_pass run would repeat data
   it = build(cfg, split="train", batch_size=32, seed=0)   # infinite; it.get_state()/set_state()
   ev = build(cfg, split="eval", batch_size=32, seed=0)    # finite; batches carry "mask"
 
 See docs/data.md.
 """
 from __future__ import annotations
+
+import dataclasses
 
 from lazy_neuron.data import pipeline
 from lazy_neuron.data.config import DEFAULTS, SOURCES, get_data_config
@@ -28,7 +37,8 @@ from lazy_neuron.data.datainfo import DataInfo
 from lazy_neuron.data.pipeline import DataIterator
 from lazy_neuron.errors import UserError
 
-__all__ = ["DataInfo", "DataIterator", "SOURCES", "build", "get_data_config", "info", "validate"]
+__all__ = ["DataInfo", "DataIterator", "SOURCES", "build", "check_steps", "get_data_config", "info",
+           "validate"]
 
 SPLITS = ("train", "eval")
 
@@ -55,12 +65,44 @@ def _source(cfg):
   if name == "tfds":
     from lazy_neuron.data.images import TfdsImageSource
     return TfdsImageSource(cfg)
+  if name in ("tfds_text", "c4"):
+    from lazy_neuron.data.text_tfds import TfdsTextSource
+    return TfdsTextSource(cfg)
   raise UserError(f"data.name={name!r} is not a known dataset; choose one of {', '.join(SOURCES)}")
 
 
 def info(data_config) -> DataInfo:
   """Shapes, vocabulary and sizes of a source. May extract/tokenise/train caches on first use."""
-  return _source(_validate(data_config)).info()
+  cfg = _validate(data_config)
+  out = _source(cfg).info()
+  changes = {"one_pass": bool(cfg.get("one_pass", False))}
+  if out.num_train_records is None and not out.num_train_examples_estimated:
+    changes["num_train_records"] = out.num_train_examples
+  return dataclasses.replace(out, **changes)
+
+
+def check_steps(data_config, total_steps: int, batch_size: int, info: DataInfo | None = None) -> None:
+  """UserError if a `one_pass` run of `total_steps` global batches would repeat a training example.
+
+  Call before training starts (the trainer does, after `info()`). A no-op unless `data.one_pass`.
+  Packed text (`tfds_text`/`c4`) counts windows from a sample of documents (an estimate; the
+  iterator also raises a UserError if the data runs out during the run).
+  """
+  cfg = _validate(data_config)
+  if not cfg.get("one_pass"):
+    return
+  info = info if info is not None else _source(cfg).info()
+  n = info.num_train_examples
+  if n is None:  # generated: never repeats
+    return
+  max_steps = int(n) // int(batch_size)
+  if int(total_steps) > max_steps:
+    about = "about " if info.num_train_examples_estimated else ""
+    raise UserError(
+        f"data.one_pass is set but total_steps={total_steps} x batch_size={batch_size} = "
+        f"{int(total_steps) * int(batch_size)} examples exceeds the {about}{n} training examples of "
+        f"data.name={cfg['name']!r}; use total_steps <= {max_steps}, a smaller batch_size, or unset "
+        "data.one_pass")
 
 
 def build(data_config, *, split: str, batch_size: int, seed: int, process_index: int = 0,
@@ -80,12 +122,22 @@ def build(data_config, *, split: str, batch_size: int, seed: int, process_index:
   source = _source(cfg)
   fingerprint = {"name": cfg["name"], "split": split, "seed": int(seed), "batch_size": int(batch_size),
                  "process_index": int(process_index), "process_count": int(process_count)}
+  if cfg.get("one_pass"):
+    fingerprint["one_pass"] = True
+  if split == "train" and hasattr(source, "train_iter_dataset"):  # packed text: an iterator pipeline
+    fingerprint["num_records"] = source.num_train
+    ds = source.train_iter_dataset(seed=seed, per_process=per_process, process_index=process_index,
+                                   process_count=process_count, num_threads=cfg["num_threads"],
+                                   prefetch=cfg["prefetch"])
+    return DataIterator(ds, fingerprint=fingerprint, element_spec=source.element_spec(per_process),
+                        num_batches=None, num_threads=cfg["num_threads"], prefetch=cfg["prefetch"])
   if split == "train":
     fn = source.train_batch_fn(seed)
     num = source.num_train
     fingerprint["num_examples"] = num
     ds = pipeline.train_dataset(num, fn, seed=seed, per_process=per_process,
-                                process_index=process_index, process_count=process_count)
+                                process_index=process_index, process_count=process_count,
+                                one_pass=bool(cfg.get("one_pass")))
     num_batches = None
   else:
     fn = source.eval_batch_fn(seed)

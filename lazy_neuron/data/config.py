@@ -20,7 +20,31 @@ _COMMON = {
 _LABELS = {  # classification sources: label switches (train only, fixed per record)
     "label_noise": 0.0,  # symmetric: replace a label by a uniform random class with this probability
     "random_labels": False,  # replace every label by a uniform random class
-    "label_noise_seed": 0,
+    "label_noise_seed": 0,  # also seeds random_inputs
+    "random_inputs": False,  # i.i.d. N(0, 1) images of the output shape, fixed per record, random labels
+    "one_pass": False,  # never repeat a training example: an error before the run if it would
+}
+
+_TEXT_TFDS = {  # T5 span corruption on a TFDS text dataset (C4), packed to fixed lengths
+    "dataset": "c4/en:3.1.0",  # TFDS name[:version]
+    "data_dir": config_dict.placeholder(str),  # None: TFDS's default (~/tensorflow_datasets)
+    "train_split": "train",
+    "eval_split": "validation",
+    "text_key": "text",
+    "tokenizer": config_dict.placeholder(str),  # path (local or gs://) of a sentencepiece .model, or "bytes"
+    "vocab_size": config_dict.placeholder(int),  # total incl. sentinels; None: pieces + num_sentinels
+    "num_sentinels": 100,
+    "inputs_length": 512,
+    "targets_length": config_dict.placeholder(int),  # None: T5's random_spans_helper (114 for 512)
+    "noise_density": 0.15,
+    "mean_noise_span_length": 3.0,
+    "max_document_tokens": 65536,  # a longer document contributes a random chunk of this many tokens (T5)
+    "eval_examples": 512,  # packed windows of the eval split, in file order
+    "eval_seed": 0,
+    "random_inputs": False,  # every document's tokens replaced by uniform random tokens (same length)
+    "random_seed": 0,  # seeds random_inputs
+    "one_pass": False,  # never repeat a document: an error before the run if it would
+    "estimate_documents": 2000,  # one_pass: documents tokenised to estimate the number of windows
 }
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -44,6 +68,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # eval
         "eval_examples": 512,  # windows of the held-out modules (fewer if the eval split is smaller)
         "eval_seed": 0,  # seeds the eval noise masks (eval data never depends on the run's seed)
+        "random_inputs": False,  # every window's tokens replaced by uniform random tokens (per window)
+        "random_seed": 0,  # seeds random_inputs
+        "one_pass": False,  # never repeat a window: an error before the run if it would
     },
     "digits": {
         "data_dir": config_dict.placeholder(str),  # TFDS data dir; None: <cache>/tfds
@@ -67,6 +94,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "eval_examples": config_dict.placeholder(int),  # None: the whole eval split
         **_LABELS,
     },
+    "tfds_text": dict(_TEXT_TFDS),
+    "c4": dict(_TEXT_TFDS),
     "gaussian": {
         "dim": 64,
         "num_classes": 10,
@@ -158,7 +187,7 @@ def validate(data_config) -> dict[str, Any]:
   _int(cfg, "prefetch", 0)
   name = cfg["name"]
   if name == "docstrings":
-    from lazy_neuron.data import docstrings, span_corruption, tokenizer
+    from lazy_neuron.data import docstrings, tokenizer
 
     _str(cfg, "corpus_files")
     _str(cfg, "stdlib_path")
@@ -183,21 +212,40 @@ def validate(data_config) -> dict[str, Any]:
         raise UserError(f"data.vocab_size={cfg['vocab_size']} leaves {tokenizer.spm_pieces(cfg)} "
                         f"sentencepiece pieces after {cfg['num_sentinels']} sentinels; use at least "
                         f"{cfg['num_sentinels'] + 16}")
-    elif not os.path.isfile(os.path.expanduser(tok)):
+    elif not tokenizer.model_exists(tok):
       raise UserError(f"data.tokenizer={tok!r}: no such sentencepiece model file; use 'bytes', 'spm' "
                       "or the path of an existing .model file")
-    _int(cfg, "inputs_length", 8, 1 << 20)
-    _float(cfg, "noise_density", 0.0, 1.0)
-    _float(cfg, "mean_noise_span_length", 1.0, float("inf"), lo_open=False)
-    _int(cfg, "targets_length", 2, 1 << 20, none_ok=True)
-    raw, needed = span_corruption.random_spans_helper(
-        cfg["inputs_length"], cfg["noise_density"], cfg["mean_noise_span_length"])
-    needed = span_corruption.corrupted_lengths(raw, cfg["noise_density"], cfg["mean_noise_span_length"])[1]
-    if cfg["targets_length"] is not None and cfg["targets_length"] < needed:
-      raise UserError(f"data.targets_length={cfg['targets_length']} is too short for inputs_length="
-                      f"{cfg['inputs_length']} at noise density {cfg['noise_density']}; use >= {needed} or None")
-    _int(cfg, "eval_examples", 1)
-    _int(cfg, "eval_seed", 0, 2**63 - 1)
+    _bool(cfg, "random_inputs")
+    _bool(cfg, "one_pass")
+    _int(cfg, "random_seed", 0, 2**63 - 1)
+    _span_corruption(cfg)
+  elif name in ("tfds_text", "c4"):
+    _str(cfg, "dataset")
+    if not cfg["dataset"]:
+      raise UserError("data.dataset is not set; give a TFDS text dataset name, e.g. c4/en:3.1.0")
+    for key in ("data_dir", "train_split", "eval_split", "text_key"):
+      _str(cfg, key)
+    _int(cfg, "num_sentinels", 1, 10_000)
+    _int(cfg, "vocab_size", 8, 2**31 - 1, none_ok=True)
+    tok = cfg["tokenizer"]
+    if tok is None:
+      raise UserError("data.tokenizer is not set; give the path of a sentencepiece .model (T5's "
+                      "standard vocabulary: gs://t5-data/vocabs/cc_all.32000/sentencepiece.model, or "
+                      "one made by `lazy-neuron tokenizer --corpus FILES --vocab-size N --out M`) or 'bytes'")
+    if not isinstance(tok, str) or not tok.strip():
+      raise UserError(f"data.tokenizer={tok!r} is not valid; use 'bytes' or a sentencepiece .model path")
+    if tok != "bytes":
+      from lazy_neuron.data import tokenizer
+      if not tokenizer.model_exists(tok):
+        raise UserError(f"data.tokenizer={tok!r}: no such sentencepiece model file; give an existing "
+                        ".model path (local or gs://), train one with `lazy-neuron tokenizer --corpus "
+                        "FILES --vocab-size N --out PATH`, or use 'bytes'")
+    _int(cfg, "max_document_tokens", 1)
+    _int(cfg, "estimate_documents", 1)
+    _bool(cfg, "one_pass")
+    _bool(cfg, "random_inputs")
+    _int(cfg, "random_seed", 0, 2**63 - 1)
+    _span_corruption(cfg)
   elif name == "digits":
     _str(cfg, "data_dir")
     _int(cfg, "image_size", 1, 4096)
@@ -225,8 +273,32 @@ def validate(data_config) -> dict[str, Any]:
   return cfg
 
 
+def _bool(cfg, key):
+  if not isinstance(cfg[key], bool):
+    raise UserError(f"data.{key}={cfg[key]!r} is not valid; use true or false")
+
+
+def _span_corruption(cfg):
+  from lazy_neuron.data import span_corruption
+
+  _int(cfg, "inputs_length", 8, 1 << 20)
+  _float(cfg, "noise_density", 0.0, 1.0)
+  _float(cfg, "mean_noise_span_length", 1.0, float("inf"), lo_open=False)
+  _int(cfg, "targets_length", 2, 1 << 20, none_ok=True)
+  raw, _ = span_corruption.random_spans_helper(
+      cfg["inputs_length"], cfg["noise_density"], cfg["mean_noise_span_length"])
+  needed = span_corruption.corrupted_lengths(raw, cfg["noise_density"], cfg["mean_noise_span_length"])[1]
+  if cfg["targets_length"] is not None and cfg["targets_length"] < needed:
+    raise UserError(f"data.targets_length={cfg['targets_length']} is too short for inputs_length="
+                    f"{cfg['inputs_length']} at noise density {cfg['noise_density']}; use >= {needed} or None")
+  _int(cfg, "eval_examples", 1)
+  _int(cfg, "eval_seed", 0, 2**63 - 1)
+
+
 def _labels(cfg):
   _float(cfg, "label_noise", 0.0, 1.0, lo_open=False, hi_open=False)
   if not isinstance(cfg["random_labels"], bool):
     raise UserError(f"data.random_labels={cfg['random_labels']!r} is not valid; use true or false")
   _int(cfg, "label_noise_seed", 0, 2**63 - 1)
+  _bool(cfg, "random_inputs")
+  _bool(cfg, "one_pass")

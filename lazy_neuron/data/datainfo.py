@@ -17,3 +17,11 @@ class DataInfo:
   num_sentinels: int | None = None
   num_train_examples: int | None = None  # None: generated, never repeats
   num_eval_examples: int | None = None
+  num_train_records: int | None = None  # records (images, documents) of the train split; None: generated
+  num_train_examples_estimated: bool = False  # packed text: num_train_examples is a sampled estimate
+  one_pass: bool = False  # data.one_pass: a run may use at most num_train_examples // batch_size steps
+
+  @property
+  def model_vocab_size(self) -> int | None:
+    """`vocab_size` padded to a multiple of 128 (T5: 32100 -> 32128), for embedding tables."""
+    return None if self.vocab_size is None else -(-self.vocab_size // 128) * 128

@@ -149,6 +149,11 @@ class DigitsSource:
                     num_train_examples=self.num_train, num_eval_examples=self.num_eval)
 
   def _batch(self, split, records):
+    if split == "train" and self.cfg["random_inputs"]:
+      from lazy_neuron.data.images import random_inputs
+
+      return random_inputs(records, (self.image_size, self.image_size, self.channels), NUM_CLASSES,
+                           self.cfg)
     src = self.source(split)
     examples = [src[int(r)] for r in records]
     images = np.stack([np.asarray(e["image"], np.uint8) for e in examples])

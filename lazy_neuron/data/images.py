@@ -16,6 +16,8 @@ Label switches (train only; eval labels stay clean), fixed per record so that a 
 in every epoch, seeded by `label_noise_seed`:
 - `label_noise=p`: symmetric noise, each label replaced by a uniform random class with probability p.
 - `random_labels=True`: every label replaced by a uniform random class (the paper's random-label ablation).
+- `random_inputs=True`: every training image replaced by i.i.d. N(0, 1) pixels of the output shape and
+  its label by a uniform random class, fixed per record (eval stays real).
 """
 from __future__ import annotations
 
@@ -25,7 +27,17 @@ from lazy_neuron.data import pipeline
 from lazy_neuron.data.datainfo import DataInfo
 from lazy_neuron.errors import UserError
 
-_AUG, _NOISE = 3000, 7000
+_AUG, _NOISE, _INPUTS = 3000, 7000, 7100
+
+
+def random_inputs(records: np.ndarray, shape, num_classes: int, cfg) -> dict[str, np.ndarray]:
+  """The random-input ablation: i.i.d. N(0, 1) images of `shape` and uniform random labels, both fixed
+  per record index (the same in every epoch) and seeded by `label_noise_seed`."""
+  seed = int(cfg.get("label_noise_seed") or 0)
+  records = np.asarray(records, np.int64)
+  x = pipeline.random_normal(seed, _INPUTS, records, int(np.prod(shape))).astype(np.float32)
+  labels = (pipeline.random_bits(seed, _NOISE, records, 1)[:, 0] % np.uint64(num_classes)).astype(np.int32)
+  return {"image": x.reshape((len(records), *shape)), "label": labels}
 
 
 def noisy_labels(labels: np.ndarray, records: np.ndarray, num_classes: int, cfg) -> np.ndarray:
@@ -185,13 +197,17 @@ class TfdsImageSource:
                     num_eval_examples=self.num_eval)
 
   def _batch(self, split, index, records, seed):
+    cfg = self.cfg
+    if split == "train" and cfg["random_inputs"]:  # no reading or decoding
+      size = int(cfg["image_size"])
+      return random_inputs(records, (size, size, self.channels), self.num_classes, cfg)
     src = self.source(split)
     records = [int(r) for r in records]
     try:  # one batched read where the source supports it (ArrayRecord does)
       examples = list(src.__getitems__(records))
     except (AttributeError, TypeError):  # e.g. tfds.testing.mock_data's source
       examples = [src[r] for r in records]
-    cfg, train = self.cfg, split == "train"
+    train = split == "train"
     images = preprocess([e[cfg["image_key"]] for e in examples], int(cfg["image_size"]), train=train,
                         augment=cfg["augment"], channels=self.channels,
                         crop_min_area=cfg["crop_min_area"], eval_crop_fraction=cfg["eval_crop_fraction"],

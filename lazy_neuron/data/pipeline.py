@@ -79,13 +79,24 @@ class DataIterator:
       options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     else:
       options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-    self._iterator = iter(dataset.to_iter_dataset(options))
+    if isinstance(dataset, grain.IterDataset):  # already an iterator pipeline (packed text)
+      self._iterator = iter(dataset)
+    else:
+      self._iterator = iter(dataset.to_iter_dataset(options))
+    self._one_pass = bool(fingerprint.get("one_pass")) and fingerprint.get("split") == "train"
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    return next(self._iterator)
+    try:
+      return next(self._iterator)
+    except StopIteration:
+      if self._one_pass:
+        raise UserError(f"data.one_pass: the training data of {self._fingerprint.get('name')!r} is "
+                        "exhausted (every example was used once); lower total_steps or unset "
+                        "data.one_pass") from None
+      raise
 
   def __len__(self) -> int:
     if self.num_batches is None:
@@ -124,17 +135,21 @@ def check_batch(batch_size: int, process_index: int, process_count: int) -> int:
 
 
 def train_dataset(num_records: int | None, make_batch: Callable[[np.ndarray, np.ndarray], dict],
-                  *, seed: int, per_process: int, process_index: int, process_count: int):
+                  *, seed: int, per_process: int, process_index: int, process_count: int,
+                  one_pass: bool = False):
   """Infinite: batches of `make_batch(global_indices, record_indices)`.
 
   With `num_records=None` the source is generated (never repeats): record index == global index.
+  `one_pass`: every record once (shuffled), then the dataset ends (`num_records // batch` batches).
   """
   import grain
 
   if num_records is None:
     ds = grain.MapDataset.range(_INFINITE).map(lambda i: (np.int64(i), np.int64(i)))
   else:
-    ds = grain.MapDataset.range(num_records).shuffle(seed=seed % 2**32).repeat()
+    ds = grain.MapDataset.range(num_records).shuffle(seed=seed % 2**32)
+    if not one_pass:
+      ds = ds.repeat()
     ds = ds.map_with_index(lambda i, r: (np.int64(i), np.int64(r)))
   ds = ds[process_index::process_count]
   ds = ds.batch(per_process, drop_remainder=True)

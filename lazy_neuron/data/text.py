@@ -95,6 +95,12 @@ class TextSource:
         targets_length=self.targets_length)
 
   def train_batch_fn(self, seed: int):
+    if self.cfg["random_inputs"]:  # uniform random tokens in place of text, fixed per window
+      from lazy_neuron.data.text_tfds import random_tokens
+
+      rs, base = int(self.cfg["random_seed"]), self.tokenizer.base_size
+      return lambda index, records: self._corrupt(
+          np.stack(random_tokens(rs, records, [self.tokens_length] * len(records), base)), index, seed)
     return lambda index, records: self._corrupt(self.windows("train", records), index, seed)
 
   def eval_batch_fn(self, seed: int):

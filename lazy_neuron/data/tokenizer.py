@@ -49,6 +49,25 @@ class ByteTokenizer:
     return "bytes-v1"
 
 
+def model_exists(path: str) -> bool:
+  """Whether a sentencepiece model file exists (local path, or a URL such as gs:// via etils.epath)."""
+  if "://" in path:
+    try:
+      from etils import epath
+      return epath.Path(path).is_file()
+    except Exception:  # no gcsfs, no credentials, ...
+      return False
+  return os.path.isfile(os.path.expanduser(path))
+
+
+def _read(path: str) -> bytes:
+  if "://" in path:
+    from etils import epath
+    return epath.Path(path).read_bytes()
+  with open(os.path.expanduser(path), "rb") as f:
+    return f.read()
+
+
 class SentencePieceTokenizer:
   kind = "spm"
 
@@ -56,8 +75,7 @@ class SentencePieceTokenizer:
     import sentencepiece as spm
 
     self.path = model_path
-    with open(model_path, "rb") as f:
-      self._proto = f.read()
+    self._proto = _read(model_path)
     self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
     self.base_size = int(self._sp.get_piece_size())
     if self._sp.pad_id() != PAD_ID or self._sp.eos_id() != EOS_ID:
@@ -159,11 +177,10 @@ def get(cfg):
           f.write(proto)
       cache.cached(path, build)
     return SentencePieceTokenizer(path)
-  path = os.path.expanduser(kind)
-  if not os.path.isfile(path):
+  if not model_exists(kind):
     raise UserError(f"data.tokenizer={kind!r}: no such sentencepiece model file; use 'bytes', 'spm' "
                     "or the path of an existing .model file")
-  return SentencePieceTokenizer(path)
+  return SentencePieceTokenizer(kind)
 
 
 # --- command line -------------------------------------------------------------------------------------
