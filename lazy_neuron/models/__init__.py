@@ -28,6 +28,8 @@ MODELS: dict[str, tuple[dict, str, dict]] = {
     "mlp": (two_layer.VARIANTS, "classification", dict(dropout_rate=0.0, remat=False)),
 }
 
+VOCAB_MULTIPLE = 128
+
 # Model config keys that are not architecture sizes.
 GENERIC_KEYS = ("name", "variant", "activation", "activation_threshold", "topk", "topk_backend",
                 "dtype")
@@ -88,7 +90,10 @@ def build_model(model_cfg, data_info, measure: bool = True) -> Model:
         raise UserError(f"model.topk={settings.topk} is not valid for an MLP of width {d_ff}; "
                         f"use 1 <= topk <= {d_ff}, or None for dense")
   if name == "t5":
-    module = t5.T5(vocab_size=data_info.vocab_size, cfg=sizes, mlp=settings, dtype=dtype)
+    # T5 pads its vocabulary to a multiple of 128 (32100 -> 32128): shardable over any mesh axis
+    # that divides 128, and MXU/tensor-core friendly. The extra ids are never targets.
+    vocab = -(-int(data_info.vocab_size) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    module = t5.T5(vocab_size=vocab, cfg=sizes, mlp=settings, dtype=dtype)
     keys = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
   else:
     if name in ("vit", "mixer"):
