@@ -32,14 +32,18 @@ def _config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
 def run(config, workdir: str, stream=sys.stdout) -> dict[str, float]:
   setup = train.build_setup(config)
   ckpt = checkpointing.Checkpointer(workdir, every_steps=1)
-  step = ckpt.latest_step()
-  if step is None:
+  if ckpt.latest_step() is None:
     raise UserError(f"{workdir!r} has no checkpoint to evaluate; train first")
   steps = train.Steps(setup)
   abstract = checkpointing.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
   with steps.context():
-    state, _ = ckpt.restore(step, abstract)
+    # The newest usable checkpoint; unusable ones are reported and left as they are (eval only
+    # reads the workdir).
+    restored = ckpt.restore_latest(abstract, warn=lambda m: print(m, file=stream, flush=True))
   ckpt.close()
+  if restored is None:
+    raise UserError(f"{workdir!r} has no usable checkpoint (see the warnings above); train again")
+  step, state = restored[0], restored[1]
   sync = setup.mesh.devices.flat[0].platform == "cpu" and setup.mesh.size > 1
   results = train.evaluate(steps, state["params"], config, step, workdir, sync)
   if jax.process_index() == 0:

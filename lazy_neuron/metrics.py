@@ -23,12 +23,28 @@ class JsonlWriter:
   def __init__(self, workdir: str):
     self.path = epath.Path(workdir) / "metrics.jsonl"
 
-  def truncate_after(self, step: int) -> None:
-    """Drops lines with step > `step` (a resumed run replays those steps). Atomic."""
+  def truncate_after(self, step: int, warn=None) -> None:
+    """Drops lines with step > `step` (a resumed run replays those steps). Atomic.
+
+    A line that does not parse (a write torn by a kill) is dropped too, with a warning: the run
+    rewrites every step after the one it resumes from, so no complete row is lost.
+    """
     if not self.path.exists():
       return
-    keep = [line for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    keep = []
+    for number, line in enumerate(self.path.read_text().splitlines(), 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        row_step = int(row.get("step", 0))
+      except (ValueError, TypeError, AttributeError):
+        if warn is not None:
+          warn(f"warning: dropping unreadable line {number} of {os.fspath(self.path)}: "
+               f"{line[:60]!r}")
+        continue
+      if row_step <= step:
+        keep.append(line)
     tmp = self.path.parent / (self.path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     tmp.replace(self.path)
@@ -137,15 +153,19 @@ class PendingMetrics:
   def add(self, step: int, tree: Any, finish) -> None:
     self._items.append((step, tree, finish, time.time()))
 
-  def flush(self, block: bool = False) -> list[tuple[int, dict, float]]:
-    """[(step, metrics, time the step was dispatched)] of the trees that are ready (or all)."""
-    done, keep = [], []
-    for item in self._items:
-      step, tree, finish, t = item
+  def flush(self, block: bool = False):
+    """Yields (step, metrics, time the step was dispatched) of the trees that are ready (or all).
+
+    In step order, stopping at the first tree that is not ready; a tree leaves the queue as it is
+    yielded, so when `finish` raises (a non-finite window) the rows before it have been yielded.
+    """
+    while self._items:
+      step, tree, finish, t = self._items[0]
       leaves = jax.tree.leaves(tree)
-      if block or all(getattr(x, "is_ready", lambda: True)() for x in leaves):
-        done.append((step, finish(jax.device_get(tree)), t))
-      else:
-        keep.append(item)
-    self._items = keep
-    return done
+      if not block and not all(getattr(x, "is_ready", lambda: True)() for x in leaves):
+        return
+      self._items.pop(0)
+      yield step, finish(jax.device_get(tree)), t
+
+  def __len__(self) -> int:
+    return len(self._items)
