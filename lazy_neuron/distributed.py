@@ -333,3 +333,48 @@ def is_main_process() -> bool:
   """True on the process that writes metrics, reports and other single-writer files."""
   import jax
   return jax.process_index() == 0
+
+
+# ----------------------------------------------------------------------------- per-process state
+
+PER_PROCESS_KEY = "per_process"
+
+
+def allgather_json(obj) -> list:
+  """Every process's JSON-serialisable `obj`, in process order (a collective: all processes call)."""
+  import json
+
+  import jax
+  import numpy as np
+  if jax.process_count() == 1:
+    return [obj]
+  from jax.experimental import multihost_utils
+  raw = np.frombuffer(json.dumps(obj, sort_keys=True).encode(), np.uint8)
+  sizes = multihost_utils.process_allgather(np.asarray([raw.size], np.int32))
+  padded = np.zeros(int(np.max(sizes)), np.uint8)
+  padded[:raw.size] = raw
+  rows = multihost_utils.process_allgather(padded)
+  return [json.loads(bytes(row[:int(n)]).decode())
+          for row, n in zip(np.asarray(rows).reshape(len(sizes), -1), np.ravel(sizes))]
+
+
+def gather_process_states(state: dict) -> dict:
+  """For a checkpoint item written by process 0 only (Orbax JsonSave): one process -> `state`
+  unchanged; several -> {"per_process": [state of process 0, 1, ...]} (a collective). Each
+  process's data iterator has its own state (its shard), and all of them are needed to resume."""
+  import jax
+  if jax.process_count() == 1:
+    return state
+  return {PER_PROCESS_KEY: allgather_json(state)}
+
+
+def this_process_state(saved: dict) -> dict:
+  """The inverse of `gather_process_states` on restore: this process's entry. A checkpoint written
+  with another number of processes gives process 0's state, whose fingerprint (process_count) the
+  data iterator then refuses with a clear error."""
+  import jax
+  if not isinstance(saved, dict) or PER_PROCESS_KEY not in saved:
+    return saved
+  states = saved[PER_PROCESS_KEY]
+  index = jax.process_index()
+  return states[index] if len(states) == jax.process_count() else states[0]

@@ -195,9 +195,10 @@ def build_setup(config, devices: Optional[Sequence[Any]] = None, info: Any = Non
   dummy = dummy_batch(model, info, 2)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(lambda rng: _init_params(model, rng, dummy), jax.random.PRNGKey(0))
-    param_sh = partitioning.logical_shardings(boxed, mesh, rules)
+    param_sh = partitioning.logical_shardings(
+        boxed, mesh, rules, small_bytes=partitioning.replicated_limit_bytes(config))
+  partitioning.check_plan(boxed, param_sh, mesh, config)
   params = nn.meta.unbox(boxed)
-  partitioning.check_plan(params, param_sh, mesh, config)
   opt_abstract = jax.eval_shape(tx.init, params)
   opt_sh = partitioning.match_shardings_by_path(opt_abstract, params, param_sh, mesh)
   replicated = NamedSharding(mesh, P())
@@ -450,18 +451,20 @@ def train_and_evaluate(config, workdir: str, devices: Optional[Sequence[Any]] = 
   return last
 
 
-def _write_sharding_plan(setup: Setup, wd: epath.Path, stream) -> None:
+def _write_sharding_plan(setup: Setup, wd: epath.Path, stream, top: int = 20) -> None:
+  """Writes the whole plan to DIR/sharding_plan.txt and prints a summary line; on a mesh of more
+  than one device also the plan's `top` largest arrays per device and the totals."""
   rows, total = partitioning.sharding_plan(setup.abstract_state["params"],
                                            setup.state_shardings["params"])
-  lines = [f"mesh {dict(setup.mesh.shape)}  rules {[r for r in setup.rules if r[1]]}",
-           f"{'parameter':<60} {'shape':<20} {'spec':<32} {'bytes/device':>14}"]
-  lines += [f"{n:<60} {str(s):<20} {sp:<32} {b:>14,}" for n, s, sp, b in rows]
-  lines.append(f"total parameter bytes per device: {total:,} ({len(rows)} arrays)")
-  (wd / "sharding_plan.txt").write_text("\n".join(lines) + "\n")
+  (wd / "sharding_plan.txt").write_text(
+      partitioning.format_plan(rows, total, setup.mesh, setup.rules) + "\n")
   n_params = sum(int(np.prod(s)) for _, s, _, _ in rows)
   print(f"{setup.model.name}/{setup.config.model.variant}: {n_params:,} parameters; "
         f"mesh {dict(setup.mesh.shape)}; {total / 2**20:.1f} MiB of parameters per device "
         f"(plan: {os.fspath(wd / 'sharding_plan.txt')})", file=stream, flush=True)
+  if setup.mesh.size > 1:
+    print(partitioning.format_plan(rows, total, setup.mesh, setup.rules, top=top), file=stream,
+          flush=True)
 
 
 # ================================================================================================
