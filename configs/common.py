@@ -20,6 +20,9 @@ def base_config(*, model: dict, data: ml_collections.ConfigDict, optimizer: dict
   c.keep_checkpoints = 3                 # keep the last N checkpoints
   c.keep_checkpoint_every_steps = ml_collections.config_dict.placeholder(int)  # and every M
   c.tensorboard = True                   # event files when the `tf` extra is installed
+  # A step with a non-finite loss, gradient or update: False stops the run with an error (last good
+  # checkpoint kept); True keeps the old params/optimizer state and counts train/skipped_updates.
+  c.skip_nonfinite_updates = False
   c.model = ml_collections.ConfigDict(dict(
       name="t5", variant="tiny", activation="relu", activation_threshold=0.0,
       topk=ml_collections.config_dict.placeholder(int), topk_backend="auto", dtype="float32",

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Optional, Sequence
 
@@ -30,6 +32,25 @@ from lazy_neuron.models import SPARSITY, Model, build_model, dummy_batch
 # Keys that may change between a run and its resumption (they do not change what is computed).
 RESUMABLE_KEYS = ("total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
                   "keep_checkpoints", "keep_checkpoint_every_steps", "tensorboard")
+# Keys added after runs were already written: a config.json without one reads as this default, so
+# those runs still resume.
+ADDED_KEY_DEFAULTS = {"skip_nonfinite_updates": False}
+EXIT_DIVERGED = 1  # not bad input (2): the config was valid, the run blew up
+
+
+class TrainingDivergedError(RuntimeError):
+  """A step produced a non-finite loss, gradient norm or parameters (and skipping is off)."""
+
+  def __init__(self, step: int, what: str, metric: str, value: float):
+    self.step, self.what, self.metric, self.value = step, what, metric, value
+    self.last_checkpoint: Optional[str] = None
+    super().__init__(self.message())
+
+  def message(self) -> str:
+    where = self.last_checkpoint or "none (the run must start again from step 0)"
+    return (f"non-finite {self.what} at step {self.step} ({self.metric}={self.value}); "
+            f"last good checkpoint: {where}; nothing after it was saved (lower "
+            f"optimizer.learning_rate, or set skip_nonfinite_updates=True to skip such steps)")
 
 
 # ================================================================================================
@@ -114,6 +135,13 @@ def validate_config(config) -> None:
   data.validate(config.data)
   if not isinstance(config.sparsity.enabled, bool):
     raise UserError(f"sparsity.enabled={config.sparsity.enabled!r} is not valid; use true/false")
+  skip = config.get("skip_nonfinite_updates", False)
+  if not isinstance(skip, bool):
+    raise UserError(f"skip_nonfinite_updates={skip!r} is not valid; use true/false")
+  for key in ("keep_checkpoints", "keep_checkpoint_every_steps"):
+    value = config.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+      raise UserError(f"{key}={value!r} is not valid; use an integer >= 1 or None")
 
 
 def check_workdir(workdir: str, config) -> None:
@@ -134,6 +162,8 @@ def check_workdir(workdir: str, config) -> None:
       raise UserError(f"{os.fspath(previous)!r} is not valid JSON; move it away or use a new "
                       f"--workdir") from None
     new = json.loads(config_lib.to_json(config))
+    for key, default in ADDED_KEY_DEFAULTS.items():
+      old.setdefault(key, default)
     diffs = [k for k in _diff_keys(old, new) if k.split(".")[0] not in RESUMABLE_KEYS]
     if diffs:
       shown = ", ".join(f"{k}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in diffs[:4])
@@ -218,6 +248,31 @@ def _add(a, b):
   return jax.tree.map(jnp.add, a, b)
 
 
+# Window fields about the first non-finite step of a window (0 = none; steps count from 1): the
+# first one wins when windows are combined, the others add up.
+_FIRST_BAD = ("bad_step", "bad_what", "bad_loss", "bad_grad_norm")
+# bad_what bits -> (quantity, metric) for the error message.
+_BAD_WHAT = ((1, "loss", "train/loss"), (2, "gradient", "train/grad_norm"),
+             (4, "parameters after the update", "params"))
+
+
+def _combine(window, step_window):
+  if window is None:
+    return step_window
+  out = _add({k: v for k, v in window.items() if k not in _FIRST_BAD},
+             {k: v for k, v in step_window.items() if k not in _FIRST_BAD})
+  first = window["bad_step"] == 0
+  for k in _FIRST_BAD:
+    out[k] = jnp.where(first, step_window[k], window[k])
+  return out
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
+
+
 class Steps:
   """The jitted functions of a run: init, train step, eval step. Built once, shared by tests."""
 
@@ -228,6 +283,7 @@ class Steps:
     use_dropout = float(s.model.sizes.get("dropout_rate", 0.0) or 0.0) > 0
     dropout_key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1)
     mutable = [SPARSITY] if measure else False
+    skip_nonfinite = bool(cfg.get("skip_nonfinite_updates", False))
 
     def apply(params, batch, train, rng):
       out = model.module.apply({"params": params}, **model.inputs(batch),
@@ -248,13 +304,33 @@ class Steps:
         sums = tasks.sums(model.task, logits, batch)
         return tasks.loss(sums), (sums, stats)
 
-      (_, (sums, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+      (loss, (sums, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
       updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
       params = optax.apply_updates(state["params"], updates)
+      grad_norm = optax.global_norm(grads)
+      # Finite checks in the graph: scalars, fetched by the host only at log/eval/checkpoint steps,
+      # so they add no per-step sync. The updated parameters are checked too: a finite gradient
+      # times a huge learning rate can overflow them.
+      loss_ok, grad_ok, params_ok = jnp.isfinite(loss), jnp.isfinite(grad_norm), \
+          _all_finite(params)
+      ok = loss_ok & grad_ok & params_ok
+      if skip_nonfinite:  # keep the old params and optimizer state; the step still counts
+        params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                                         (params, opt_state), (state["params"], state["opt_state"]))
       new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
-      step_window = {"sums": sums, "sparsity": stats, "steps": jnp.ones((), jnp.int32),
-                     "grad_norm_sum": optax.global_norm(grads)}
-      return new_state, step_window if window is None else _add(window, step_window)
+      # A non-finite step contributes nothing to the window's metric sums, only to its counts.
+      masked = lambda t: jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), t)
+      bad = ~ok
+      what = ((~loss_ok).astype(jnp.int32) + 2 * (~grad_ok).astype(jnp.int32)
+              + 4 * (~params_ok).astype(jnp.int32))
+      step_window = {"sums": masked(sums), "sparsity": masked(stats),
+                     "steps": ok.astype(jnp.int32), "grad_norm_sum": masked(grad_norm),
+                     "nonfinite": bad.astype(jnp.int32),
+                     "bad_step": jnp.where(bad, state["step"] + 1, 0).astype(jnp.int32),
+                     "bad_what": jnp.where(bad, what, 0).astype(jnp.int32),
+                     "bad_loss": jnp.where(bad, loss, 0.0).astype(jnp.float32),
+                     "bad_grad_norm": jnp.where(bad, grad_norm, 0.0).astype(jnp.float32)}
+      return new_state, _combine(window, step_window)
 
     def eval_step(params, batch):
       logits, stats = apply(params, batch, False, jax.random.PRNGKey(0))
@@ -313,15 +389,36 @@ def to_global(batch: dict, sharding: NamedSharding) -> dict:
           for k, v in batch.items()}
 
 
-def window_metrics(window: dict, schedule, step: int) -> dict[str, float]:
-  """A fetched train window -> train/* and sparsity/train/* metrics."""
-  out = tasks.finalize(window["sums"], "train")
-  steps = max(int(window["steps"]), 1)
-  out["train/grad_norm"] = float(window["grad_norm_sum"]) / steps
+def window_metrics(window: dict, schedule, step: int,
+                   skip_nonfinite: bool = False) -> dict[str, float]:
+  """A fetched train window -> train/* and sparsity/train/* metrics.
+
+  Raises TrainingDivergedError if a step in the window was non-finite and skipping is off; with
+  skipping on, `train/skipped_updates` counts them and the other metrics cover the finite steps.
+  """
+  check_finite(window, skip_nonfinite)
+  out: dict[str, float] = {}
+  steps = int(window["steps"])
+  if steps:  # a window of skipped steps only has no loss to report
+    out.update(tasks.finalize(window["sums"], "train"))
+    out["train/grad_norm"] = float(window["grad_norm_sum"]) / steps
   out["train/learning_rate"] = float(schedule(step - 1))
-  if window.get("sparsity"):
+  if skip_nonfinite:
+    out["train/skipped_updates"] = float(int(window["nonfinite"]))
+  if steps and window.get("sparsity"):
     out.update(sparsity.metrics_from_stats(sparsity.flatten_stats(window["sparsity"]), "train"))
   return out
+
+
+def check_finite(window: dict, skip_nonfinite: bool) -> None:
+  """Raises TrainingDivergedError for a (host) window holding a non-finite step."""
+  if skip_nonfinite or not int(window["nonfinite"]):
+    return
+  what = int(window["bad_what"])
+  _, name, metric = next(w for w in _BAD_WHAT if what & w[0])
+  value = {"train/loss": window["bad_loss"], "train/grad_norm": window["bad_grad_norm"]}.get(metric)
+  raise TrainingDivergedError(int(window["bad_step"]), name, metric,
+                              float(value) if value is not None else "non-finite")
 
 
 # ================================================================================================
@@ -364,15 +461,26 @@ def train_and_evaluate(config, workdir: str, devices: Optional[Sequence[Any]] = 
   """Trains `config` into `workdir` (resuming from its latest checkpoint). Returns the last metrics.
 
   `stop_after=N` checkpoints and returns after step N, as a preempted run would (tests use it).
+  SIGTERM (a TPU/cluster preemption notice) or SIGINT does the same at the step in progress: the run
+  checkpoints it, writes its metrics and returns normally. Raises TrainingDivergedError on a
+  non-finite step (unless skip_nonfinite_updates) without saving anything after the last good
+  checkpoint. What survives which failure: docs/fault_tolerance.md.
   """
   setup = build_setup(config, devices)        # every check on user input happens in here
   check_workdir(workdir, config)
+  with StopRequests() as stop_requests:
+    return _train(config, workdir, setup, stream, stop_after, stop_requests)
+
+
+def _train(config, workdir, setup, stream, stop_after, stop_requests) -> dict[str, float]:
   is_main = jax.process_index() == 0
+  skip_nonfinite = bool(config.get("skip_nonfinite_updates", False))
   # Nothing was written before this line.
   wd = epath.Path(workdir)
   if is_main:
     wd.mkdir(parents=True, exist_ok=True)
-    (wd / "config.json").write_text(config_lib.to_json(config))
+    # Atomic: a kill mid-write must not leave a torn config.json that refuses every restart.
+    _write_atomic(wd / "config.json", config_lib.to_json(config))
     _write_sharding_plan(setup, wd, stream)
   steps = Steps(setup)
   # On CPU, several sharded steps in flight can deadlock XLA's collectives: block on each step.
@@ -385,21 +493,30 @@ def train_and_evaluate(config, workdir: str, devices: Optional[Sequence[Any]] = 
   train_iter = data.build(config.data, split="train", batch_size=config.batch_size,
                           seed=config.seed, process_index=jax.process_index(),
                           process_count=jax.process_count())
+  warn = lambda msg: print(msg, file=stream, flush=True) if is_main else None
 
   # ------------------------------------------------------------------------------------- resume
-  start = ckpt.latest_step()
+  replicated = NamedSharding(setup.mesh, P())
   with steps.context():
-    if start is not None:
-      abstract = checkpointing.abstract_with_shardings(setup.abstract_state,
-                                                       setup.state_shardings)
-      state, data_state = ckpt.restore(start, abstract)
+    abstract = checkpointing.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
+    abstract_window = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+        steps.window_abstract)
+    # Newest usable checkpoint; unusable ones are reported, moved aside, never deleted.
+    restored = ckpt.restore_latest(abstract, abstract_window, warn=warn, move_unusable=True)
+    window = None
+    if restored is not None:
+      start, state, data_state, window = restored
       train_iter.set_state(data_state)
       print(f"resumed from {os.fspath(wd / 'checkpoints' / str(start))}", file=stream, flush=True)
     else:
       start = 0
       state = steps.init(jax.random.PRNGKey(config.seed))
+  if window is None:  # a fresh run, or a checkpoint written before windows were saved
+    window = steps.zero_window()
   if is_main:
-    writers[0].truncate_after(start)
+    # Rows after the restored step are replayed; without a checkpoint everything is (step 0 too).
+    writers[0].truncate_after(start if restored is not None else -1, warn=warn)
   progress = metrics.Progress(config.total_steps, start, stream)
   last: dict[str, float] = {}
 
@@ -411,44 +528,133 @@ def train_and_evaluate(config, workdir: str, devices: Optional[Sequence[Any]] = 
     if is_main:
       progress.report(step, values, t)
 
-  if start == 0 and config.eval_every_steps:
-    write(0, evaluate(steps, state["params"], config, 0, workdir if is_main else None,
-                      sync_each_step))
-
-  # --------------------------------------------------------------------------------------- loop
   pending = metrics.PendingMetrics()
-  window = steps.zero_window()
+  hooks = _TestHooks()
   t0 = time.time()
-  for step in range(start + 1, config.total_steps + 1):
-    batch = to_global(next(train_iter), setup.batch_sharding)
-    with steps.context():
-      state, window = steps.train_step(state, window, batch)
-    if sync_each_step:
-      jax.block_until_ready(state)
-    final = step == config.total_steps
-    if step % config.log_every_steps == 0 or final:
-      pending.add(step, window, lambda w, st=step: window_metrics(w, setup.schedule, st))
-      window = steps.zero_window()
-    if config.eval_every_steps and (step % config.eval_every_steps == 0 or final):
-      for st, values, t in pending.flush(block=True):
+  try:
+    if start == 0 and config.eval_every_steps:
+      write(0, evaluate(steps, state["params"], config, 0, workdir if is_main else None,
+                        sync_each_step))
+    # ------------------------------------------------------------------------------------- loop
+    signum = None
+    for step in range(start + 1, config.total_steps + 1):
+      batch = to_global(next(train_iter), setup.batch_sharding)
+      with steps.context():
+        state, window = steps.train_step(state, window, batch)
+      if sync_each_step:
+        jax.block_until_ready(state)
+      hooks.after_step(step)
+      final = step == config.total_steps
+      if step % config.log_every_steps == 0 or final:
+        pending.add(step, window, lambda w, st=step: window_metrics(w, setup.schedule, st,
+                                                                    skip_nonfinite))
+        window = steps.zero_window()
+      signum = stop_requests.requested()   # all processes agree (an all-gather when > 1)
+      stop = signum is not None or (stop_after is not None and step >= stop_after)
+      do_eval = bool(config.eval_every_steps) and (step % config.eval_every_steps == 0 or final)
+      do_save = bool(config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0) \
+          or final or stop
+      if do_eval or do_save:
+        # A sync point, only here: every metric row up to `step` is written before its checkpoint
+        # (a resumed run never replays them), and nothing non-finite is evaluated or saved.
+        for st, values, t in pending.flush(block=True):
+          write(st, values, t)
+        check_finite(jax.device_get({k: window[k] for k in ("nonfinite", *_FIRST_BAD)}),
+                     skip_nonfinite)
+      if do_eval:
+        write(step, evaluate(steps, state["params"], config, step, workdir if is_main else None,
+                             sync_each_step))
+      if do_save:
+        ckpt.save(step, state, train_iter.get_state(), window, force=final or stop)
+      if stop:
+        break
+      for st, values, t in pending.flush(block=False):
         write(st, values, t)
-      write(step, evaluate(steps, state["params"], config, step, workdir if is_main else None,
-                           sync_each_step))
-    stop = stop_after is not None and step >= stop_after
-    if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0) or final \
-        or stop:
-      ckpt.save(step, state, train_iter.get_state(), force=final or stop)
-    if stop:
-      break
-    for st, values, t in pending.flush(block=False):
+    for st, values, t in pending.flush(block=True):
       write(st, values, t)
-  for st, values, t in pending.flush(block=True):
-    write(st, values, t)
+  except TrainingDivergedError as e:
+    ckpt.close()  # in-flight saves finish: each was checked finite before it started
+    good = ckpt.latest_step()
+    e.last_checkpoint = os.fspath(wd / "checkpoints" / str(good)) if good is not None else None
+    e.args = (e.message(),)
+    raise
   ckpt.close()
-  if is_main and config.total_steps > start:
+  if signum is not None:
+    print(f"stopped by {signal.Signals(signum).name} after step {step}: checkpoint "
+          f"{os.fspath(wd / 'checkpoints' / str(step))} written; run the same command to resume",
+          file=stream, flush=True)
+  elif is_main and config.total_steps > start:
     print(f"done: {config.total_steps - start} steps in {time.time() - t0:.1f}s; workdir "
           f"{workdir}", file=stream, flush=True)
   return last
+
+
+class _TestHooks:
+  """Test hooks (tests/test_fault_tolerance.py), inert unless their environment variable is set.
+
+  LAZY_NEURON_TEST_KILL_AFTER_STEP=N: SIGKILL this process right after step N is dispatched, a real
+  kill at an exact point (a timer would race steps of a millisecond).
+  LAZY_NEURON_TEST_STEP_SLEEP=S: sleep S seconds after each step, so that a test's signal or timed
+  kill lands while the loop runs. (LAZY_NEURON_TEST_KILL_IN_SAVE: see checkpointing.py.)
+  """
+
+  def __init__(self):
+    kill = os.environ.get("LAZY_NEURON_TEST_KILL_AFTER_STEP")
+    self.kill_after = int(kill) if kill else None
+    self.sleep = float(os.environ.get("LAZY_NEURON_TEST_STEP_SLEEP") or 0)
+
+  def after_step(self, step: int) -> None:
+    if self.sleep:
+      time.sleep(self.sleep)
+    if self.kill_after == step:
+      os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _write_atomic(path: epath.Path, text: str) -> None:
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
+class StopRequests:
+  """SIGTERM / SIGINT -> a flag the loop reads after each step; previous handlers restored on exit.
+
+  Handlers can only be installed from the main thread; elsewhere (a trainer run in a thread) the
+  signals keep their previous behaviour. A second signal raises KeyboardInterrupt: whoever sends it
+  does not want to wait for the checkpoint (a save it interrupts leaves only an ignored tmp folder).
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum: Optional[int] = None
+    self._previous: dict = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for s in self.SIGNALS:
+        self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous = {}
+    return False
+
+  def _handle(self, signum, frame):
+    if self.signum is not None:
+      raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+    self.signum = signum   # no printing here: the main thread may be inside a write to stdout
+
+  def requested(self) -> Optional[int]:
+    """The signal number if any process got one, else None. One process: no device sync."""
+    if jax.process_count() == 1:
+      return self.signum
+    from jax.experimental import multihost_utils
+    got = multihost_utils.process_allgather(np.asarray(self.signum or 0, np.int32))
+    got = [int(x) for x in np.asarray(got).ravel() if int(x)]
+    return got[0] if got else None
 
 
 def _write_sharding_plan(setup: Setup, wd: epath.Path, stream, top: int = 20) -> None:
@@ -484,6 +690,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except UserError as e:
     print(f"lazy-neuron: error: {e}", file=sys.stderr)
     return EXIT_USAGE
+  except TrainingDivergedError as e:
+    print(f"lazy-neuron: error: {e.message()}", file=sys.stderr)
+    return EXIT_DIVERGED
   return 0
 
 
