@@ -218,6 +218,7 @@ def build_setup(config, devices: Optional[Sequence[Any]] = None, info: Any = Non
                       f"of {int(np.lcm(dp, jax.process_count()))}")
   # ---------------------------------------------------------------------------------------- data
   info = data.info(config.data) if info is None else info
+  data.check_steps(config.data, config.total_steps, config.batch_size, info)  # one_pass: never repeat
   # ------------------------------------------------------------------------- model and optimizer
   model = build_model(config.model, info, measure=config.sparsity.enabled)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)

@@ -130,7 +130,8 @@ def build(data_config, *, split: str, batch_size: int, seed: int, process_index:
                                    process_count=process_count, num_threads=cfg["num_threads"],
                                    prefetch=cfg["prefetch"])
     return DataIterator(ds, fingerprint=fingerprint, element_spec=source.element_spec(per_process),
-                        num_batches=None, num_threads=cfg["num_threads"], prefetch=cfg["prefetch"])
+                        num_batches=None, num_threads=cfg["num_threads"], prefetch=cfg["prefetch"],
+                        num_workers=cfg["num_workers"])
   if split == "train":
     fn = source.train_batch_fn(seed)
     num = source.num_train
@@ -147,4 +148,5 @@ def build(data_config, *, split: str, batch_size: int, seed: int, process_index:
                                             process_index=process_index, process_count=process_count)
   spec = pipeline.spec_of(ds[0])
   return DataIterator(ds, fingerprint=fingerprint, element_spec=spec, num_batches=num_batches,
-                      num_threads=cfg["num_threads"], prefetch=cfg["prefetch"])
+                      num_threads=cfg["num_threads"], prefetch=cfg["prefetch"],
+                        num_workers=cfg["num_workers"])

@@ -6,15 +6,31 @@ import numbers
 import os
 from typing import Any
 
-import ml_collections
-from ml_collections import config_dict
-
 from lazy_neuron.errors import UserError
+
+
+class _Placeholder:
+  """A None default of a given type; `get_data_config` turns it into an ml_collections placeholder.
+
+  (ml_collections is imported only by `get_data_config`, so that `validate`/`info`/`build` on a plain
+  dict need only numpy, grain and tensorflow_datasets: `lazy-neuron bench input` runs on such hosts.)
+  """
+
+  def __init__(self, field_type):
+    self.field_type = field_type
+
+  def __deepcopy__(self, memo):
+    return self
+
+
+class config_dict:  # noqa: N801  (the one name used from ml_collections.config_dict)
+  placeholder = _Placeholder
 
 _COMMON = {
     "cache_dir": config_dict.placeholder(str),  # None: $LAZY_NEURON_CACHE or ~/.cache/lazy_neuron
     "num_threads": 1,  # grain threads computing batches ahead (0: synchronous)
     "prefetch": 4,  # batches computed ahead (0: none)
+    "num_workers": 0,  # grain worker processes computing whole batches (0: threads in this process)
 }
 
 _LABELS = {  # classification sources: label switches (train only, fixed per record)
@@ -109,11 +125,16 @@ def _names() -> str:
   return ", ".join(SOURCES)
 
 
-def get_data_config(name: str, **overrides) -> ml_collections.ConfigDict:
+def get_data_config(name: str, **overrides):
   """The default data config of source `name`, with `overrides` applied (unknown keys: UserError)."""
   if name not in DEFAULTS:
     raise UserError(f"data.name={name!r} is not a known dataset; choose one of {_names()}")
+  import ml_collections
+  from ml_collections import config_dict as mlc_config_dict
+
   values = {"name": name, **copy.deepcopy(_COMMON), **copy.deepcopy(DEFAULTS[name])}
+  values = {k: mlc_config_dict.placeholder(v.field_type) if isinstance(v, _Placeholder) else v
+            for k, v in values.items()}
   cfg = ml_collections.ConfigDict(values)
   for key, value in overrides.items():
     if key not in values:
@@ -143,7 +164,9 @@ def resolve(data_config) -> dict[str, Any]:
   out = {}
   for key, default in defaults.items():
     value = given.get(key, default)
-    if isinstance(value, config_dict.FieldReference):
+    if isinstance(value, _Placeholder):
+      value = None
+    elif type(value).__name__ == "FieldReference":  # an ml_collections placeholder
       value = value.get()
     out[key] = value
   return out
@@ -185,6 +208,7 @@ def validate(data_config) -> dict[str, Any]:
   _str(cfg, "cache_dir")
   _int(cfg, "num_threads", 0, 64)
   _int(cfg, "prefetch", 0)
+  _int(cfg, "num_workers", 0, 1024)
   name = cfg["name"]
   if name == "docstrings":
     from lazy_neuron.data import docstrings, tokenizer

@@ -21,6 +21,8 @@ in every epoch, seeded by `label_noise_seed`:
 """
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
 from lazy_neuron.data import pipeline
@@ -79,41 +81,89 @@ def _inception_crop(h, w, u, min_area):
   return (h - side) // 2, (w - side) // 2, side, side
 
 
+def _load(item):
+  """(PIL image, height, width, is_encoded). Encoded bytes are opened lazily (decoded on first use)."""
+  from PIL import Image
+
+  if isinstance(item, (bytes, np.bytes_)) or (isinstance(item, np.ndarray) and item.dtype.kind in "SO"):
+    img = Image.open(io.BytesIO(item if isinstance(item, bytes) else bytes(item.item() if
+                                                                         item.ndim == 0 else item)))
+    w, h = img.size
+    return img, h, w, True
+  image = np.asarray(item, np.uint8)
+  if image.ndim == 2:
+    image = image[..., None]
+  return _to_pil(image), image.shape[0], image.shape[1], False
+
+
+def _draft(img, h, w, need_w, need_h):
+  """JPEG: decode at the smallest 1/2, 1/4, 1/8 scale that keeps at least (need_w, need_h) pixels
+  for the full image (libjpeg's DCT scaling: far less decoding work). Returns (sx, sy) scales."""
+  if getattr(img, "format", None) == "JPEG":
+    mode = img.mode if img.mode in ("L", "RGB") else None
+    img.draft(mode, (max(1, int(np.ceil(need_w))), max(1, int(np.ceil(need_h)))))
+  return img.size[0] / w, img.size[1] / h
+
+
 def preprocess(images, size: int, *, train: bool, augment: str, channels: int | None,
                crop_min_area: float = 0.05, eval_crop_fraction: float = 0.875,
                seed: int = 0, index: np.ndarray | None = None) -> np.ndarray:
-  """A list/array of uint8 [H, W, C] images -> float32 [B, size, size, C'] in [-1, 1]."""
+  """uint8 [H, W, C] images or encoded (JPEG/PNG) bytes -> float32 [B, size, size, C'] in [-1, 1].
+
+  Encoded JPEGs are decoded with PIL's `draft` (DCT-domain downscaling to the smallest 1/2^k scale that
+  still covers the output resolution), then cropped and resized in one `resize(box=...)`.
+  """
   from PIL import Image
 
   n = len(images)
   u = pipeline.random_uniform(seed, _AUG, index if index is not None else np.arange(n), 41) if train else None
-  out = []
-  for i, image in enumerate(images):
-    image = np.asarray(image, np.uint8)
-    if image.ndim == 2:
-      image = image[..., None]
-    h, w, c = image.shape
-    img = _to_pil(image)
+  out = np.empty((n, size, size, channels or 3), np.uint8) if channels else None
+  rows = []
+  for i, item in enumerate(images):
+    img, h, w, encoded = _load(item)
     if train and augment == "inception_crop":
       top, left, ch, cw = _inception_crop(h, w, u[i], crop_min_area)
-      img = img.resize((size, size), Image.BILINEAR, box=(left, top, left + cw, top + ch))
+      sx, sy = _draft(img, h, w, w * size / cw, h * size / ch) if encoded else (1.0, 1.0)
+      box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+      img = img.resize((size, size), Image.BILINEAR, box=box)
     elif train or (h == size and w == size):
-      img = img.resize((size, size), Image.BILINEAR) if (h, w) != (size, size) else img
+      if (h, w) != (size, size):
+        if encoded:
+          _draft(img, h, w, size, size)
+        img = img.resize((size, size), Image.BILINEAR)
     else:
       short = max(size, int(round(size / eval_crop_fraction)))
       nh, nw = (short, max(short, int(round(w * short / h)))) if h <= w else (
           max(short, int(round(h * short / w))), short)
+      if encoded:
+        _draft(img, h, w, nw, nh)
       img = img.resize((nw, nh), Image.BILINEAR)
       top, left = (nh - size) // 2, (nw - size) // 2
       img = img.crop((left, top, left + size, top + size))
     if train and augment in ("inception_crop", "flip") and u[i][40] < 0.5:
       img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    x = _from_pil(img, c)
+    if img.mode not in ("L", "RGB"):
+      img = img.convert("RGB")
+    if channels == 1 and img.mode != "L":
+      img = img.convert("L")
+    x = np.asarray(img)
+    x = x[..., None] if x.ndim == 2 else x
     if channels is not None and x.shape[-1] != channels:
-      x = np.repeat(x, channels, axis=-1) if x.shape[-1] == 1 else (
-          np.asarray(img.convert("L"))[..., None] if channels == 1 else x[..., :channels])
-    out.append(x)
-  return np.stack(out).astype(np.float32) * (2.0 / 255.0) - 1.0
+      x = np.repeat(x, channels, axis=-1) if x.shape[-1] == 1 else x[..., :channels]
+    if out is not None:
+      out[i] = x
+    else:
+      rows.append(x)
+  x = out if out is not None else np.stack(rows)
+  return normalize(x)
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+  """uint8 -> float32 in [-1, 1]."""
+  y = x.astype(np.float32)
+  y *= 2.0 / 255.0
+  y -= 1.0
+  return y
 
 
 class TfdsImageSource:
@@ -153,8 +203,17 @@ class TfdsImageSource:
 
       name = self.cfg["train_split" if split == "train" else "eval_split"]
       try:
-        self._sources[split] = tfds.data_source(self.name, split=name, data_dir=self.cfg["data_dir"],
-                                                download=False)  # never download
+        kwargs = dict(split=name, data_dir=self.cfg["data_dir"], download=False)  # never download
+        src = tfds.data_source(self.name, **kwargs)
+        try:  # encoded bytes, decoded by `preprocess` (JPEG draft mode); mock_data needs TF for this
+          raw = tfds.data_source(self.name, decoders={self.cfg["image_key"]: tfds.decode.SkipDecoding()},
+                                 **kwargs)
+          if len(raw):
+            raw[0]
+          src = raw
+        except Exception:
+          pass
+        self._sources[split] = src
       except Exception as e:
         if isinstance(e, UserError):
           raise

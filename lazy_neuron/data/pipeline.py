@@ -68,21 +68,29 @@ class DataIterator:
   """
 
   def __init__(self, dataset, *, fingerprint: dict[str, Any], element_spec, num_batches=None,
-               num_threads: int = 1, prefetch: int = 4):
+               num_threads: int = 1, prefetch: int = 4, num_workers: int = 0):
     import grain
 
     self._dataset = dataset
     self._fingerprint = fingerprint
     self.element_spec = element_spec
     self.num_batches = num_batches
-    if num_threads > 0 and prefetch > 0:
+    if num_threads > 0 and prefetch > 0 and not num_workers:
       options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     else:
       options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-    if isinstance(dataset, grain.IterDataset):  # already an iterator pipeline (packed text)
-      self._iterator = iter(dataset)
-    else:
-      self._iterator = iter(dataset.to_iter_dataset(options))
+    if not isinstance(dataset, grain.IterDataset):  # an IterDataset already: packed text
+      dataset = dataset.to_iter_dataset(options)
+    if num_workers:
+      # Worker w computes batches w, w + W, ...; grain interleaves them back in order, so the stream
+      # (and the state) does not depend on the number of workers.
+      from absl import flags
+
+      if not flags.FLAGS.is_parsed():  # grain reads absl flags in its workers
+        flags.FLAGS.mark_as_parsed()
+      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=int(num_workers), per_worker_buffer_size=max(1, -(-max(prefetch, 1) // num_workers))))
+    self._iterator = iter(dataset)
     self._one_pass = bool(fingerprint.get("one_pass")) and fingerprint.get("split") == "train"
 
   def __iter__(self):

@@ -1,0 +1,70 @@
+"""ViT (ReLU MLP) on ImageNet-1k (TFDS `imagenet2012`), the paper's vision setting, with its ablations.
+
+  tfds build imagenet2012 --file_format=array_record --data_dir=$TFDS_DATA_DIR --manual_dir=DIR_WITH_TARS
+  lazy-neuron train --config=configs/vit_imagenet.py --workdir=gs://BUCKET/ln/vit_b16_i1k   # TPU pod / GPUs
+  lazy-neuron train --config=configs/vit_imagenet.py:variant=S/16,label_noise=0.5 --workdir=...
+  lazy-neuron train --config=configs/vit_imagenet.py:runlocal --workdir=/tmp/ln/vit_i1k_smoke  # seconds, offline
+
+The full run is big_vision's ImageNet-1k-from-scratch recipe without mixup/RandAugment (inception
+crop + flip, batch 1024, 90 epochs = 112,590 steps, AdamW lr 1e-3, weight decay 1e-4, 10k warmup,
+cosine): ViT-B/16 at ~3,400 img/s on one H200 takes ~9.5 days; on a v3-128 / 8 H200s about a day. The
+paper reports ~2-3% nonzero MLP activations in the middle layers of a trained ViT-B/16 (PAPER.md);
+`label_noise=p`, `random_labels`, `random_inputs` and `one_pass` are its data ablations, `topk=K` its
+Top-k ViT. The input pipeline needs ~3,500 img/s for B/16 on one H200: `lazy-neuron bench input`
+(docs/data.md) measures it; set `data.num_workers` to the host's cores.
+
+`runlocal` trains 4 steps of a 2-layer tiny ViT on scikit-learn's digits (offline, seconds) with the
+same data switches, so every argument is exercised without ImageNet.
+
+Args: runlocal, steps=N, variant=S/16|B/16|L/16|H/14|tiny, topk=K, label_noise=P, random_labels,
+random_inputs, one_pass, dataset=NAME (any TFDS image dataset, e.g. imagenet2012, cifar100),
+data_dir=DIR, batch=B, workers=W (grain worker processes), pool=token|gap.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from common import base_config, size_overrides  # noqa: E402
+
+from lazy_neuron import data  # noqa: E402
+from lazy_neuron.config_lib import parse_arg  # noqa: E402
+
+IMAGENET_TRAIN = 1_281_167
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, runlocal=False, steps=0, variant="B/16", topk=0, label_noise=0.0,
+                  random_labels=False, random_inputs=False, one_pass=False, dataset="imagenet2012",
+                  data_dir="", batch=1024, workers=0, pool="token")
+  switches = dict(label_noise=arg.label_noise, random_labels=arg.random_labels,
+                  random_inputs=arg.random_inputs, one_pass=arg.one_pass)
+  if arg.runlocal:
+    d = data.get_data_config("digits", image_size=16, channels=3, **switches)
+  else:
+    d = data.get_data_config(
+        "tfds", dataset=arg.dataset, data_dir=arg.data_dir or None, image_size=224,
+        train_split="train", eval_split="validation" if arg.dataset == "imagenet2012" else "test",
+        augment="inception_crop", num_workers=arg.workers, num_threads=0 if arg.workers else 8,
+        prefetch=max(4, 2 * arg.workers), **switches)
+  steps = arg.steps or (1 if arg.runlocal else 90 * IMAGENET_TRAIN // arg.batch)
+  c = base_config(
+      model=dict(name="vit", variant="tiny" if arg.runlocal else arg.variant, topk=arg.topk or None,
+                 pool=arg.pool, head_bias_init=0.0, **size_overrides("vit")),
+      data=d,
+      optimizer=dict(name="adamw", learning_rate=1e-3, warmup_steps=10_000, schedule="cosine",
+                     weight_decay=1e-4, grad_clip_norm=1.0),
+      total_steps=steps, batch_size=arg.batch)
+  c.log_every_steps = 100
+  c.eval_every_steps = 5000
+  c.checkpoint_every_steps = 2000
+  if arg.runlocal:
+    c.total_steps = 4
+    c.batch_size = c.eval_batch_size = 16
+    c.log_every_steps = 2
+    c.eval_every_steps = 4
+    c.checkpoint_every_steps = 2
+    c.optimizer.warmup_steps = 1
+    c.model.depth = 2
+    c.model.mlp_dim = 256
+  return c
