@@ -73,8 +73,23 @@ def make_mesh(mesh_spec: Sequence[Sequence[Any]], devices: Sequence[Any] | None 
   return Mesh(grid, tuple(names), axis_types=(AxisType.Auto,) * len(names))
 
 
+def parse_rules(rules_spec: Any) -> Any:
+  """A rule-set name, or a list of pairs; a string holding a list (as `--config.sharding_rules=
+  "[('batch', 'data'), ('embed', 'fsdp')]"` gives) is parsed into one."""
+  if isinstance(rules_spec, str) and rules_spec.strip()[:1] in ("[", "("):
+    import ast
+    try:
+      return list(ast.literal_eval(rules_spec.strip()))
+    except (ValueError, SyntaxError, TypeError):
+      raise UserError(f"config.sharding_rules={rules_spec!r} is not a valid list of (logical "
+                      f"axis, mesh axis) pairs, e.g. [('batch', 'data'), ('embed', 'fsdp')]"
+                      ) from None
+  return rules_spec
+
+
 def resolve_rules(rules_spec: Any, mesh: Mesh) -> tuple[tuple[str, Any], ...]:
   """Config rules -> Flax logical axis rules restricted to the mesh's axes; checks conflicts."""
+  rules_spec = parse_rules(rules_spec)
   if isinstance(rules_spec, str):
     if rules_spec not in RULE_SETS:
       raise UserError(f"config.sharding_rules={rules_spec!r} is not valid; choose one of "
@@ -279,6 +294,7 @@ def replicated_limit_bytes(config: Any) -> int:
 
 def _named_targets(rules_spec: Any) -> dict[str, tuple[str, ...]]:
   """{parameter logical axis: mesh axes the rules name for it} (before restricting to the mesh)."""
+  rules_spec = parse_rules(rules_spec)
   spec = RULE_SETS.get(rules_spec, ()) if isinstance(rules_spec, str) else rules_spec
   out: dict[str, tuple[str, ...]] = {}
   for entry in spec or ():
@@ -325,7 +341,7 @@ def check_plan(params: Any, shardings: Any, mesh: Mesh, config: Any) -> None:
   rules = dict(resolve_rules(config.sharding_rules, mesh))
   effective = {a: _axes_tuple(m) for a, m in rules.items() if a != "batch" and m}
   named = _named_targets(config.sharding_rules)
-  explicit = not isinstance(config.sharding_rules, str)
+  explicit = not isinstance(parse_rules(config.sharding_rules), str)
   logical_of = _logical_names(params)
   flat_p = jax.tree_util.tree_flatten_with_path(_values(params))[0]
   flat_s = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
@@ -379,7 +395,8 @@ def check_plan(params: Any, shardings: Any, mesh: Mesh, config: Any) -> None:
   if mesh.size > 1 and named and not effective and largest is not None and largest[1] >= limit:
     wanted = sorted({m for axes in named.values() for m in axes})
     raise UserError(
-        f"config.sharding_rules={config.sharding_rules!r} shard parameters over mesh axis "
+        f"config.sharding_rules={parse_rules(config.sharding_rules)!r} shard parameters over "
+        f"mesh axis "
         f"{'/'.join(repr(m) for m in wanted)}, but config.mesh {dict(mesh.shape)} has no such axis "
         f"of size > 1, so every parameter would be replicated on all {mesh.size} devices (largest: "
         f"{largest[0]}); add the axis to config.mesh, e.g. [('data', 1), "
