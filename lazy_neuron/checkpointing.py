@@ -29,6 +29,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from lazy_neuron import distributed
+
 # The Orbax step-level metadata file. Orbax writes it when a step is finalized (it carries
 # `commit_timestamp_nsecs`), so we treat it as the commit marker: a step folder without it (or with
 # it unreadable) was not completely written, whatever the filesystem's rename semantics.
@@ -71,10 +73,16 @@ class Checkpointer:
 
   def _make_manager(self):
     if self._kill_step is not None:
-      handlers = {"state": ocp.StandardCheckpointHandler(),
-                  "data": _KillingJsonHandler(self._kill_step),
-                  "window": ocp.StandardCheckpointHandler()}
-      return ocp.CheckpointManager(self.directory, options=self._options, item_handlers=handlers)
+      registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+      json_handler = _KillingJsonHandler(self._kill_step)
+      registry.add("data", ocp.args.JsonSave, json_handler)
+      registry.add("data", ocp.args.JsonRestore, json_handler)
+      for item in ("state", "window"):
+        handler = ocp.StandardCheckpointHandler()
+        registry.add(item, ocp.args.StandardSave, handler)
+        registry.add(item, ocp.args.StandardRestore, handler)
+      return ocp.CheckpointManager(self.directory, options=self._options,
+                                   handler_registry=registry)
     return ocp.CheckpointManager(self.directory, options=self._options,
                                  item_names=("state", "data", "window"))
 
@@ -89,6 +97,9 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_state: Any, window: Any = None,
            force: bool = False) -> bool:
+    # Every process's iterator state (each reads its own shard; Orbax's JsonSave writes process
+    # 0's item only): a collective, like the save itself.
+    data_state = distributed.gather_process_states(data_state)
     if self._kill_step is not None:
       data_state = dict(data_state, __step__=step)
     items = dict(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
@@ -112,6 +123,7 @@ class Checkpointer:
     if not isinstance(data_state, dict):
       raise ValueError(f"the data item is {type(data_state).__name__}, not a JSON object")
     data_state = {k: v for k, v in data_state.items() if k != "__step__"}
+    data_state = distributed.this_process_state(data_state)
     if abstract_window is None:
       return restored["state"], data_state
     return restored["state"], data_state, restored["window"] if has_window else None
