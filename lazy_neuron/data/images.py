@@ -117,7 +117,7 @@ def preprocess(images, size: int, *, train: bool, augment: str, channels: int | 
 
   n = len(images)
   u = pipeline.random_uniform(seed, _AUG, index if index is not None else np.arange(n), 41) if train else None
-  out = np.empty((n, size, size, channels or 3), np.uint8) if channels else None
+  out = np.empty((n, size, size, channels), np.float32) if channels else None
   rows = []
   for i, item in enumerate(images):
     img, h, w, encoded = _load(item)
@@ -150,12 +150,12 @@ def preprocess(images, size: int, *, train: bool, augment: str, channels: int | 
     x = x[..., None] if x.ndim == 2 else x
     if channels is not None and x.shape[-1] != channels:
       x = np.repeat(x, channels, axis=-1) if x.shape[-1] == 1 else x[..., :channels]
-    if out is not None:
-      out[i] = x
+    if out is not None:  # normalise image by image, straight into the batch (cache-hot, one pass)
+      np.multiply(x, np.float32(2.0 / 255.0), out=out[i], dtype=np.float32)
+      out[i] -= 1.0
     else:
       rows.append(x)
-  x = out if out is not None else np.stack(rows)
-  return normalize(x)
+  return out if out is not None else normalize(np.stack(rows))
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
