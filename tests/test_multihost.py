@@ -21,7 +21,7 @@ from lazy_neuron import checkpointing, train
 CONFIG = "configs/mlp_gaussian.py:runlocal"
 # Parameters sharded across the two processes (fsdp over 4 devices, data over 2).
 OVERRIDES = ["--config.mesh=[('data', 2), ('fsdp', 4)]", "--config.sharding_rules=fsdp",
-             "--config.tensorboard=False"]
+             "--config.tensorboard=False", "--config.eval_every_steps=2"]
 TIMEOUT_S = 120
 
 
@@ -76,16 +76,19 @@ def _final(workdir, config):
 
 def test_two_processes_match_one_process_with_8_devices(tmp_path, repo_root):
   two, one = str(tmp_path / "two"), str(tmp_path / "one")
-  port = _free_port()
-  argvs = [[sys.executable, "-m", "lazy_neuron.cli", "train", f"--config={CONFIG}",
-            f"--workdir={two}", *OVERRIDES, f"--coordinator_address=localhost:{port}",
-            "--num_processes=2", f"--process_id={i}"] for i in range(2)]
-  results = _run_processes(argvs, repo_root)
-  for i, r in enumerate(results):
-    assert r.returncode == 0, f"process {i} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-  # Only process 0 reports.
-  assert "step 4/4" in results[0].stdout and "done:" in results[0].stdout
-  assert "step " not in results[1].stdout and "done:" not in results[1].stdout
+  argvs = lambda port, *extra: [
+      [sys.executable, "-m", "lazy_neuron.cli", "train", f"--config={CONFIG}", f"--workdir={two}",
+       *OVERRIDES, *extra, f"--coordinator_address=localhost:{port}", "--num_processes=2",
+       f"--process_id={i}"] for i in range(2)]
+  # Steps 1-2, then resumed for steps 3-4: each process restores its own data-iterator state.
+  for extra in (["--config.total_steps=2"], []):
+    results = _run_processes(argvs(_free_port(), *extra), repo_root)
+    for i, r in enumerate(results):
+      assert r.returncode == 0, f"process {i} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    # Only process 0 reports.
+    assert "done:" in results[0].stdout
+    assert "step " not in results[1].stdout and "done:" not in results[1].stdout
+  assert "resumed from" in results[0].stdout and "step 4/4" in results[0].stdout
 
   config = train.load_config(CONFIG, [a[2:] for a in OVERRIDES])
   train.train_and_evaluate(config, one, jax.devices(), stream=io.StringIO())
