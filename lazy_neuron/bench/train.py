@@ -3,6 +3,9 @@ sparsity probe on vs off (DESIGN.md: the probe costs at most a few percent of a 
 
   lazy-neuron bench train --config=configs/vit_digits.py --variants=dense,probe_off,topk=64 \
       --steps=20 --out=bench_train.json [--config.k=v ...]
+  # ViT-B/16 at 224 on random batches of ImageNet's shapes (no dataset needed):
+  lazy-neuron bench train --config=configs/vit_digits.py:variant=B/16 --synthetic=image,224,1000 \
+      --config.batch_size=256 --config.model.dtype=bfloat16 --variants=dense,probe_off,topk=128
 
 Each variant builds its own jitted step, runs `--warmup` steps, then times `--steps` steps on one
 fixed batch (input pipeline excluded), blocking on the result. Prints a table; writes JSON with the
@@ -33,16 +36,46 @@ def _variant_overrides(name: str) -> list[str]:
   raise UserError(f"--variants entry {name!r} is not valid; use dense, probe_off or topk=K")
 
 
-def time_variant(config, warmup: int, steps: int) -> dict:
+def synthetic_info(spec: Optional[str]):
+  """`image,SIZE,CLASSES[,CHANNELS]` or `text,INPUTS,TARGETS,VOCAB` -> a DataInfo (no data read)."""
+  if not spec:
+    return None
+  from lazy_neuron.data import DataInfo
+  kind, *nums = spec.split(",")
+  try:
+    vals = [int(v) for v in nums]
+  except ValueError:
+    vals = []
+  if kind == "image" and len(vals) in (2, 3):
+    ch = vals[2] if len(vals) == 3 else 3
+    return DataInfo(task="classification", num_classes=vals[1], image_shape=(vals[0], vals[0], ch))
+  if kind == "text" and len(vals) == 3:
+    return DataInfo(task="span_corruption", vocab_size=vals[2], inputs_length=vals[0],
+                    targets_length=vals[1])
+  raise UserError(f"--synthetic={spec!r} is not valid; use image,SIZE,CLASSES[,CHANNELS] or "
+                  f"text,INPUTS,TARGETS,VOCAB")
+
+
+def _peak_bytes() -> Optional[int]:
+  try:
+    stats = jax.local_devices()[0].memory_stats() or {}
+  except Exception:  # noqa: BLE001 - CPU backends may not report memory
+    return None
+  return stats.get("peak_bytes_in_use")
+
+
+def time_variant(config, warmup: int, steps: int, info=None) -> dict:
   from lazy_neuron import train
   from lazy_neuron.models import dummy_batch
-  setup = train.build_setup(config)
+  setup = train.build_setup(config, info=info)
   s = train.Steps(setup)
   batch = dummy_batch(setup.model, setup.info, config.batch_size)
   rng = np.random.default_rng(0)
   for k, v in batch.items():
     if v.dtype == np.int32 and k != "label":
       batch[k] = rng.integers(2, max(setup.info.vocab_size or 3, 3), v.shape).astype(np.int32)
+    elif k == "label":
+      batch[k] = rng.integers(0, setup.info.num_classes, v.shape).astype(np.int32)
     elif k == "image":
       batch[k] = rng.normal(size=v.shape).astype(np.float32)
   batch = train.to_global(batch, setup.batch_sharding)
@@ -61,8 +94,11 @@ def time_variant(config, warmup: int, steps: int) -> dict:
       state, window = s.train_step(state, window, batch)
     jax.block_until_ready((state, window))
     dt = (time.perf_counter() - t0) / steps
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setup.abstract_state["params"]))
   return {"step_ms": dt * 1e3, "steps_per_s": 1.0 / dt,
-          "examples_per_s": config.batch_size / dt, "first_step_s": compile_s}
+          "examples_per_s": config.batch_size / dt, "first_step_s": compile_s,
+          "params": n_params, "mesh": dict(setup.mesh.shape),
+          "peak_bytes_per_device": _peak_bytes()}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -73,6 +109,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--out", default=None)
+  parser.add_argument("--synthetic", default=None,
+                      help="image,SIZE,CLASSES[,CH] or text,INPUTS,TARGETS,VOCAB: random batches of "
+                      "these shapes instead of the config's data")
   args, rest = parser.parse_known_args(argv[1:])
   try:
     from lazy_neuron import train
@@ -80,11 +119,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     unknown = [a for a in rest if not a.startswith("--config.")]
     if unknown:
       raise UserError(f"unknown flag {unknown[0]!r}; valid: --config, --variants, --steps, "
-                      f"--warmup, --out, --config.KEY=VALUE")
+                      f"--warmup, --out, --synthetic, --config.KEY=VALUE")
+    info = synthetic_info(args.synthetic)
     rows = []
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
       config = train.load_config(args.config, overrides + _variant_overrides(name))
-      rows.append({"variant": name, **time_variant(config, args.warmup, args.steps)})
+      rows.append({"variant": name, **time_variant(config, args.warmup, args.steps, info)})
   except UserError as e:
     print(f"lazy-neuron: error: {e}", file=sys.stderr)
     return EXIT_USAGE
@@ -92,10 +132,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   device = jax.devices()[0]
   print(f"config {args.config} {' '.join(overrides)} on {len(jax.devices())} x "
         f"{device.device_kind} ({device.platform})")
-  print(f"{'variant':<14} {'step ms':>10} {'steps/s':>9} {'examples/s':>11} {'vs first':>9}")
+  print(f"{'variant':<14} {'step ms':>10} {'steps/s':>9} {'examples/s':>11} {'vs first':>9} "
+        f"{'peak GiB/dev':>12}")
   for r in rows:
+    peak = r["peak_bytes_per_device"]
+    peak_s = f"{peak / 2**30:.2f}" if peak else "-"
     print(f"{r['variant']:<14} {r['step_ms']:>10.2f} {r['steps_per_s']:>9.2f} "
-          f"{r['examples_per_s']:>11.1f} {r['step_ms'] / base - 1:>+8.1%}")
+          f"{r['examples_per_s']:>11.1f} {r['step_ms'] / base - 1:>+8.1%} {peak_s:>12}")
   if args.out:
     with open(args.out, "w") as f:
       json.dump({"config": args.config, "overrides": overrides, "rows": rows,
