@@ -30,11 +30,11 @@ from lazy_neuron.errors import EXIT_USAGE, UserError
 from lazy_neuron.models import SPARSITY, Model, build_model, dummy_batch
 
 # Keys that may change between a run and its resumption (they do not change what is computed).
+# skip_nonfinite_updates changes nothing while steps are finite, so a run stopped by a non-finite
+# step can resume from its last good checkpoint with skipping switched on.
 RESUMABLE_KEYS = ("total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-                  "keep_checkpoints", "keep_checkpoint_every_steps", "tensorboard")
-# Keys added after runs were already written: a config.json without one reads as this default, so
-# those runs still resume.
-ADDED_KEY_DEFAULTS = {"skip_nonfinite_updates": False}
+                  "keep_checkpoints", "keep_checkpoint_every_steps", "tensorboard",
+                  "skip_nonfinite_updates")
 EXIT_DIVERGED = 1  # not bad input (2): the config was valid, the run blew up
 
 
@@ -162,8 +162,6 @@ def check_workdir(workdir: str, config) -> None:
       raise UserError(f"{os.fspath(previous)!r} is not valid JSON; move it away or use a new "
                       f"--workdir") from None
     new = json.loads(config_lib.to_json(config))
-    for key, default in ADDED_KEY_DEFAULTS.items():
-      old.setdefault(key, default)
     diffs = [k for k in _diff_keys(old, new) if k.split(".")[0] not in RESUMABLE_KEYS]
     if diffs:
       shown = ", ".join(f"{k}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in diffs[:4])

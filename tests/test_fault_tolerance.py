@@ -298,14 +298,22 @@ def test_nonfinite_loss_stops_with_step_and_quantity_and_keeps_last_good(tmp_pat
   assert all(v is not None for r in rows for v in r.values())  # no non-finite row written
 
 
-def test_skip_nonfinite_updates_counts_skips_and_keeps_params_finite(tmp_path, capsys):
+def test_skip_nonfinite_updates_resumes_the_diverged_run_and_counts_skips(tmp_path, capfd):
+  # The run stops at the first non-finite step; the same workdir resumes from the last good
+  # checkpoint with skipping on (a resumable key), skips the bad updates and counts them.
   wd = tmp_path / "run"
+  assert train.main(["lazy-neuron train", f"--workdir={wd}"] + DIVERGE) == 1
+  last_good = _final(wd)[0]
+  before = [r for r in _metrics(wd) if r["step"] <= last_good]
   code = train.main(["lazy-neuron train", f"--workdir={wd}", "--config.skip_nonfinite_updates=True"]
                     + DIVERGE)
-  assert code == 0, capsys.readouterr().err
+  assert code == 0, capfd.readouterr().err
   rows = _metrics(wd)
+  assert [r["step"] for r in rows] == list(range(1, 13))  # resumed: no step twice
+  assert rows[:last_good] == before  # the rows up to the last good checkpoint are the first run's
   skipped = sum(r.get("train/skipped_updates", 0) for r in rows)
-  assert skipped > 0 and rows[-1]["step"] == 12
+  assert skipped > 0
+  assert all(v is not None for r in rows for v in r.values())
   step, state, _ = _final(wd)
   assert step == 12 and int(state["step"]) == 12
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
