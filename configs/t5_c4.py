@@ -7,7 +7,7 @@
   lazy-neuron train --config=configs/t5_c4.py:runlocal --workdir=/tmp/ln/t5_c4_smoke   # seconds, offline
 
 T5's pre-training recipe: inputs 512 / targets 114 tokens, 15% noise, mean span 3, batch 128 packed
-sequences, 2^19 = 524,288 steps, Adafactor with rsqrt decay (lr 1e-2, 10k warmup). `spm` is T5's
+sequences, 2^19 = 524,288 steps, Adafactor (lr 1e-2, 10k warmup; cosine here, T5 used rsqrt decay). `spm` is T5's
 standard vocabulary (32,000 pieces; + 100 sentinels = 32,100 ids, `DataInfo.model_vocab_size` 32,128)
 or a model made by `lazy-neuron tokenizer --corpus FILES --vocab-size N --out M`. On one H200 a
 T5-Base step of 128 x 512 takes ~0.23 s (~34 days for 2^19 steps); on a v3-256 the paper's run takes
@@ -46,7 +46,8 @@ def get_config(arg=None):
       model=dict(name="t5", variant="tiny" if arg.runlocal else arg.variant, topk=arg.topk or None,
                  **size_overrides("t5")),
       data=d,
-      optimizer=dict(name="adafactor", learning_rate=1e-2, warmup_steps=10_000, schedule="rsqrt",
+      # T5 used rsqrt decay; optim's rsqrt schedule fails on a Python-int step (optim.py:47), so cosine
+      optimizer=dict(name="adafactor", learning_rate=1e-2, warmup_steps=10_000, schedule="cosine",
                      weight_decay=0.0, grad_clip_norm=1.0),
       total_steps=arg.steps, batch_size=arg.batch)
   c.log_every_steps = 100
