@@ -44,7 +44,7 @@ def schedule(opt, total_steps: int) -> optax.Schedule:
   if opt.schedule == "rsqrt":
     # T5: constant lr for `warmup_steps`, then lr * sqrt(warmup / step).
     w = max(warm, 1)
-    return lambda step: lr * jnp.sqrt(w / jnp.maximum(step.astype(jnp.float32) + 1, w))
+    return lambda step: lr * jnp.sqrt(w / jnp.maximum(jnp.asarray(step, jnp.float32) + 1, w))
   decay_steps = max(total_steps - warm, 1)
   end = lr * float(opt.end_lr_frac)
   if opt.schedule == "constant":

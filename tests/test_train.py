@@ -50,11 +50,12 @@ def test_sharded_step_on_8_devices_matches_1_device():
   for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
     np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
                                rtol=2e-5, atol=2e-6)
-  # The sparsity counts are integers: exactly equal.
+  # Fire counts are integers, but a pre-activation within float rounding of 0 may flip sign when
+  # the sharded step sums in another order: allow a handful of flips out of ~10^6 entries.
   fires = lambda t: [x for p, x in jax.tree_util.tree_flatten_with_path(t)[0]
                      if "fire" in jax.tree_util.keystr(p)]
   for a, b in zip(fires(one[1]), fires(eight[1])):
-    np.testing.assert_array_equal(a, b)
+    assert np.abs(a.astype(np.int64) - b).sum() <= max(2, 1e-4 * a.sum()), (a.sum(), b.sum())
 
 
 @pytest.mark.parametrize("rules", ["fsdp", "tensor_parallel"])
