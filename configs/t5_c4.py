@@ -9,10 +9,10 @@
 T5's pre-training recipe: inputs 512 / targets 114 tokens, 15% noise, mean span 3, batch 128 packed
 sequences, 2^19 = 524,288 steps, Adafactor (lr 1e-2, 10k warmup; cosine here, T5 used rsqrt decay). `spm` is T5's
 standard vocabulary (32,000 pieces; + 100 sentinels = 32,100 ids, `DataInfo.model_vocab_size` 32,128)
-or a model made by `lazy-neuron tokenizer --corpus FILES --vocab-size N --out M`. On one H200 a
-T5-Base step of 128 x 512 takes ~0.23 s (~34 days for 2^19 steps); on a v3-256 the paper's run takes
-about a day. Expected (PAPER.md): the MLP activation maps of T5-Base fall to ~3% nonzero in the
-encoder and ~2% in the decoder; `topk=K` is the Top-k T5; `random_inputs` (uniform random tokens)
+or a model made by `lazy-neuron tokenizer --corpus FILES --vocab-size N --out M`. For scale: the
+PyTorch peer (transformers T5-Base, torch.compile) takes 0.225 s a step of 128 x 512 on one H200
+(ENVIRONMENT.md), ~33 hours for 2^19 steps; ours is not measured yet. Expected (PAPER.md): the MLP
+activation maps of T5-Base fall to 3.0% nonzero; `topk=K` is the Top-k T5; `random_inputs` (uniform random tokens)
 and `one_pass` are the data ablations.
 
 `runlocal` falls back to the offline docstrings corpus (bytes, 32-token inputs, 6 steps, seconds).

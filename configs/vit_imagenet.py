@@ -7,8 +7,9 @@
 
 The full run is big_vision's ImageNet-1k-from-scratch recipe without mixup/RandAugment (inception
 crop + flip, batch 1024, 90 epochs = 112,590 steps, AdamW lr 1e-3, weight decay 1e-4, 10k warmup,
-cosine): ViT-B/16 at ~3,400 img/s on one H200 takes ~9.5 days; on a v3-128 / 8 H200s about a day. The
-paper reports ~2-3% nonzero MLP activations in the middle layers of a trained ViT-B/16 (PAPER.md);
+cosine): 115M images; ViT-B/16 trains at 2,600 img/s on one H200 (measured: bf16, batch 256,
+docs/bench/vit_b16_1gpu_dense.json), so ~12 hours there, ~6.7 hours on two. The paper reports 6.3%
+nonzero MLP activations for a ViT-B/16 trained on ImageNet-21k (PAPER.md);
 `label_noise=p`, `random_labels`, `random_inputs` and `one_pass` are its data ablations, `topk=K` its
 Top-k ViT. The input pipeline needs ~3,500 img/s for B/16 on one H200: `lazy-neuron bench input`
 (docs/data.md) measures it; set `data.num_workers` to the host's cores.

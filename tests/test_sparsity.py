@@ -143,3 +143,30 @@ def test_npz_round_trip(tmp_path):
   assert path.endswith("sparsity/step_7.npz")
   loaded = sparsity.load_npz(path)
   np.testing.assert_allclose(loaded["encoder/layer_00"], [0.0, 0.3, 1.0])
+
+
+@pytest.mark.parametrize("name,info", [
+    ("t5", INFO),
+    ("mixer", types.SimpleNamespace(task="classification", num_classes=10,
+                                    image_shape=(16, 16, 3))),
+])
+def test_topk_models_report_at_most_k_over_d_nonzero(name, info):
+  k = 8
+  model = build_model(ml_collections.ConfigDict(dict(
+      name=name, variant="tiny", activation="relu", activation_threshold=0.0, topk=k,
+      topk_backend="auto", dtype="float32")), info)
+  batch = dummy_batch(model, info, 4)
+  rng = np.random.default_rng(0)
+  if name == "t5":
+    for key in ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens"):
+      batch[key] = rng.integers(2, info.vocab_size, batch[key].shape).astype(np.int32)
+  else:
+    batch["image"] = rng.normal(size=batch["image"].shape).astype(np.float32)
+  variables = model.module.init(jax.random.PRNGKey(0), **model.inputs(batch))
+  _, state = model.module.apply({"params": nn.meta.unbox(variables["params"])},
+                                **model.inputs(batch), mutable=["sparsity"])
+  stats = sparsity.flatten_stats(jax.device_get(state["sparsity"]))
+  for layer, s in stats.items():
+    assert 0 < s.nonzero_frac <= k / s.d_ff + 1e-12, (layer, s.nonzero_frac)
+    # ReLU then top-k: exactly k per token wherever a token has >= k positive pre-activations.
+    assert s.fire.sum() <= k * s.tokens

@@ -47,9 +47,12 @@ def test_sharded_step_on_8_devices_matches_1_device():
   config = load()
   one = _two_steps(config, jax.devices()[:1])
   eight = _two_steps(config, jax.devices())
-  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
+  flat = lambda t: jax.tree_util.tree_flatten_with_path(t)[0]
+  for (path, a), (_, b) in zip(flat(one), flat(eight)):
+    if "fire" in jax.tree_util.keystr(path) or "nonzero" in jax.tree_util.keystr(path):
+      continue  # integer counts: compared below
     np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
-                               rtol=2e-5, atol=2e-6)
+                               rtol=2e-5, atol=2e-6, err_msg=jax.tree_util.keystr(path))
   # Fire counts are integers, but a pre-activation within float rounding of 0 may flip sign when
   # the sharded step sums in another order: allow a handful of flips out of ~10^6 entries.
   fires = lambda t: [x for p, x in jax.tree_util.tree_flatten_with_path(t)[0]
