@@ -5,8 +5,9 @@ at every step (the paper's "random labels / random inputs / infinite data" ablat
   lazy-neuron train --config=configs/mlp_gaussian.py:runlocal --workdir=/tmp/ln/mlp_smoke
 
 Sparsity emerges although the data carries no signal at all: it comes from the optimisation.
-PAPER.md reports 50% -> 39% in 3000 steps at lr 1e-3 and -> ~1% at lr 1e-2 (with ~20% dead neurons);
-see the README for what this config measured.
+Measured (2 CPU cores, 10 s, Adam, constant lr): lr=1e-2 (default) 50% -> 6.8% nonzero at step 1000
+-> 1.0% at step 3000, with 22% dead and 48% lazy (< 1% firing) neurons; lr=1e-3: 50% -> 39%, none
+dead. Loss stays near ln(10): there is nothing to learn, yet the activation map turns sparse.
 
 Args: runlocal, steps=N, lr=LR, width=D_FF, topk=K.
 """
@@ -28,8 +29,8 @@ def get_config(arg=None):
   c = base_config(
       model=dict(name="mlp", variant="base", topk=arg.topk or None, **overrides),
       data=data.get_data_config("gaussian", dim=64, num_classes=10),
-      optimizer=dict(name="sgd", learning_rate=arg.lr, momentum=0.9, schedule="constant",
-                     warmup_steps=0, grad_clip_norm=0.0),
+      optimizer=dict(name="adamw", learning_rate=arg.lr, schedule="constant", warmup_steps=0,
+                     weight_decay=0.0, grad_clip_norm=0.0),
       total_steps=arg.steps, batch_size=128)
   c.log_every_steps = 100
   c.eval_every_steps = 500
