@@ -49,3 +49,15 @@ def size_overrides(name: str) -> dict:
       "mlp": dict(mlp_dim=int),
   }[name]
   return {k: ph(t) for k, t in keys.items()}
+
+
+def shrink_for_runlocal(c: ml_collections.ConfigDict, *, steps: int, batch: int,
+                        eval_every: int | None = None, checkpoint_every: int | None = None,
+                        warmup: int = 1) -> None:
+  """`runlocal`: a few steps of a tiny batch that still log, evaluate and checkpoint on the way."""
+  c.total_steps = steps
+  c.batch_size = c.eval_batch_size = batch
+  c.log_every_steps = 2
+  c.eval_every_steps = eval_every or steps
+  c.checkpoint_every_steps = checkpoint_every or steps // 2
+  c.optimizer.warmup_steps = warmup

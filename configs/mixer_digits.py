@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import base_config, size_overrides  # noqa: E402
+from common import base_config, shrink_for_runlocal, size_overrides  # noqa: E402
 
 from lazy_neuron import data  # noqa: E402
 from lazy_neuron.config_lib import parse_arg  # noqa: E402
@@ -31,11 +31,6 @@ def get_config(arg=None):
   c.eval_every_steps = 200
   c.checkpoint_every_steps = 300
   if arg.runlocal:
-    c.total_steps = 4
-    c.batch_size = c.eval_batch_size = 16
-    c.log_every_steps = 2
-    c.eval_every_steps = 4
-    c.checkpoint_every_steps = 2
-    c.optimizer.warmup_steps = 1
+    shrink_for_runlocal(c, steps=4, batch=16)
     c.model.depth = 2
   return c

@@ -25,7 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import base_config, size_overrides  # noqa: E402
+from common import base_config, shrink_for_runlocal, size_overrides  # noqa: E402
 
 from lazy_neuron import data  # noqa: E402
 from lazy_neuron.config_lib import parse_arg  # noqa: E402
@@ -54,10 +54,5 @@ def get_config(arg=None):
   c.eval_every_steps = 5000
   c.checkpoint_every_steps = 5000
   if arg.runlocal:
-    c.total_steps = 6
-    c.batch_size = c.eval_batch_size = 8
-    c.log_every_steps = 2
-    c.eval_every_steps = 3
-    c.checkpoint_every_steps = 3
-    c.optimizer.warmup_steps = 2
+    shrink_for_runlocal(c, steps=6, batch=8, eval_every=3, warmup=2)
   return c

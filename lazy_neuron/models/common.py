@@ -58,6 +58,29 @@ class RMSNorm(nn.Module):
     return y * jnp.asarray(scale, self.dtype)
 
 
+def patch_embed(image: jax.Array, width: int, patch_size: int, dtype, name: str) -> jax.Array:
+  """[B, H, W, C] -> [B, H/p * W/p, width] by a stride-p convolution (ViT / Mixer stem).
+
+  Call from inside a compact method: the Conv becomes a submodule `name` of the caller."""
+  p = patch_size
+  x = nn.Conv(width, (p, p), strides=(p, p), padding="VALID", dtype=dtype,
+              kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                       (None, None, None, "embed")),
+              bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+              name=name)(image.astype(dtype))
+  b, h, w, d = x.shape
+  return x.reshape(b, h * w, d)
+
+
+def classifier_head(x: jax.Array, num_classes: int, dtype, bias_init: float = 0.0) -> jax.Array:
+  """Zero-initialised linear head named `head` (big_vision's convention); logits in float32."""
+  return nn.Dense(num_classes, dtype=dtype, name="head",
+                  kernel_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                           ("embed", "classes")),
+                  bias_init=nn.with_logical_partitioning(nn.initializers.constant(bias_init),
+                                                         ("classes",)))(x).astype(jnp.float32)
+
+
 def layer_norm(name: str, dtype, param_dtype) -> nn.LayerNorm:
   return nn.LayerNorm(
       dtype=dtype, param_dtype=param_dtype, name=name,

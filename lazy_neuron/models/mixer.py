@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lazy_neuron.models.common import MlpSettings, layer_norm
+from lazy_neuron.models.common import MlpSettings, classifier_head, layer_norm, patch_embed
 from lazy_neuron.models.mlp import MlpBlock
 
 VARIANTS = {
@@ -29,21 +29,9 @@ class Mixer(nn.Module):
   @nn.compact
   def __call__(self, image, example_mask: Optional[jax.Array] = None, deterministic: bool = True):
     c = self.cfg
-    p = c["patch_size"]
-    x = nn.Conv(c["width"], (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                         (None, None, None, "embed")),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                name="stem")(image.astype(self.dtype))
-    b, h, w, d = x.shape
-    x = x.reshape(b, h * w, d)
+    x = patch_embed(image, c["width"], c["patch_size"], self.dtype, name="stem")
     x = MixerStack(c, self.mlp, self.dtype, name="mixer")(x, example_mask, deterministic)
-    x = jnp.mean(x, axis=1)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head",
-                      kernel_init=nn.with_logical_partitioning(nn.initializers.zeros,
-                                                               ("embed", "classes")),
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("classes",)))(x)
-    return logits.astype(jnp.float32)
+    return classifier_head(jnp.mean(x, axis=1), self.num_classes, self.dtype)
 
 
 class MixerStack(nn.Module):

@@ -9,7 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lazy_neuron.models.common import MlpSettings, MultiHeadAttention, layer_norm
+from lazy_neuron.models.common import (MlpSettings, MultiHeadAttention, classifier_head, layer_norm,
+                                       patch_embed)
 from lazy_neuron.models.mlp import MlpBlock
 
 VARIANTS = {
@@ -55,18 +56,12 @@ class ViT(nn.Module):
   @nn.compact
   def __call__(self, image, example_mask: Optional[jax.Array] = None, deterministic: bool = True):
     c = self.cfg
-    p = c["patch_size"]
-    x = nn.Conv(c["width"], (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                         (None, None, None, "embed")),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                name="embedding")(image.astype(self.dtype))
-    b, h, w, d = x.shape
-    x = x.reshape(b, h * w, d)
+    x = patch_embed(image, c["width"], c["patch_size"], self.dtype, name="embedding")
+    b, n, d = x.shape
     pos = self.param("pos_embedding",
                      nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                   (None, "length", "embed")),
-                     (1, h * w, d), jnp.float32)
+                     (1, n, d), jnp.float32)
     x = x + pos.astype(self.dtype)
     if c["pool"] == "token":
       cls = self.param("cls", nn.with_logical_partitioning(nn.initializers.zeros,
@@ -78,12 +73,7 @@ class ViT(nn.Module):
     token_mask = None if example_mask is None else example_mask[:, None]
     x = Transformer(c, self.mlp, self.dtype, name="vit")(x, token_mask, deterministic)
     x = x[:, 0] if c["pool"] == "token" else jnp.mean(x, axis=1)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head",
-                      kernel_init=nn.with_logical_partitioning(nn.initializers.zeros,
-                                                               ("embed", "classes")),
-                      bias_init=nn.with_logical_partitioning(
-                          nn.initializers.constant(c["head_bias_init"]), ("classes",)))(x)
-    return logits.astype(jnp.float32)
+    return classifier_head(x, self.num_classes, self.dtype, c["head_bias_init"])
 
 
 class Transformer(nn.Module):
