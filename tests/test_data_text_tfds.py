@@ -2,6 +2,7 @@
 random inputs, one-pass mode + check_steps, grain worker processes, and the JPEG (draft) decode path."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 
@@ -19,6 +20,7 @@ WORDS = ("the lazy neuron phenomenon sparse activation maps in trained transform
          "across layers models and data sets").split()
 
 
+@functools.lru_cache(maxsize=None)  # TFDS registers builder classes by name: define it once
 def _builder_class(file_format_name="tiny_text"):
   class TinyText(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")

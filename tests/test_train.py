@@ -206,3 +206,16 @@ def test_parse_arg_types_and_rejects():
     parse_arg("bogus=1", steps=1)
   with pytest.raises(UserError, match="not a valid int"):
     parse_arg("steps=x", steps=1)
+
+
+def test_tensorboard_events_when_tensorflow_is_installed(tmp_path):
+  pytest.importorskip("tensorflow")
+  from tensorboard.backend.event_processing import event_accumulator
+  config = load("configs/mlp_gaussian.py:runlocal")
+  train.train_and_evaluate(config, str(tmp_path), stream=io.StringIO())
+  events = glob.glob(str(tmp_path / "events.out.tfevents.*"))
+  assert len(events) == 1
+  acc = event_accumulator.EventAccumulator(events[0], size_guidance={"tensors": 0})
+  acc.Reload()
+  assert "sparsity/eval/mean/nonzero_frac" in acc.Tags()["tensors"]
+  assert [e.step for e in acc.Tensors("sparsity/eval/mean/nonzero_frac")] == [0, 4]
