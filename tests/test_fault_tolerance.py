@@ -93,7 +93,9 @@ def _config():
 
 def _final(workdir):
   """(step, params, opt_state, data_state) of the newest checkpoint, restored on one device."""
-  setup = train.build_setup(_config(), jax.devices()[:1])
+  from lazy_neuron import evaluate
+  # The run's own config.json, so runs with overridden optimizers restore the right state tree.
+  setup = train.build_setup(evaluate._config_from_workdir(str(workdir)), jax.devices()[:1])
   ckpt = checkpointing.Checkpointer(str(workdir), every_steps=1)
   step = ckpt.latest_step()
   abstract = checkpointing.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
@@ -277,6 +279,9 @@ def test_torn_metrics_line_is_dropped_on_resume(tmp_path):
 # ------------------------------------------------------------------------------------ numerics
 DIVERGE = [f"--config={CONFIG}", "--config.total_steps=12", "--config.log_every_steps=1",
            "--config.eval_every_steps=0", "--config.checkpoint_every_steps=4",
+           # Plain SGD at lr 1e5 overflows to inf/NaN within a few steps (Adam's normalised
+           # updates would stay finite, just huge).
+           "--config.optimizer.name=sgd", "--config.optimizer.momentum=0.9",
            "--config.optimizer.learning_rate=1e5", "--config.tensorboard=False"]
 
 
