@@ -548,7 +548,10 @@ def _train(config, workdir, setup, stream, stop_after, stop_requests) -> dict[st
         pending.add(step, window, lambda w, st=step: window_metrics(w, setup.schedule, st,
                                                                     skip_nonfinite))
         window = steps.zero_window()
-      signum = stop_requests.requested()   # all processes agree (an all-gather when > 1)
+      # All processes must stop at the same step. With several processes that takes an all-gather,
+      # which waits for the step in flight: ask only at log steps, not every step.
+      if jax.process_count() == 1 or step % config.log_every_steps == 0 or final:
+        signum = stop_requests.requested()
       stop = signum is not None or (stop_after is not None and step >= stop_after)
       do_eval = bool(config.eval_every_steps) and (step % config.eval_every_steps == 0 or final)
       do_save = bool(config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0) \

@@ -92,6 +92,24 @@ def test_padding_does_not_change_the_counts():
   assert a.tokens == b.tokens
 
 
+def tiny_model_stats(name, info, topk, batch_size):
+  """Sparsity stats of a freshly initialised tiny model on one random batch."""
+  model = build_model(ml_collections.ConfigDict(dict(
+      name=name, variant="tiny", activation="relu", activation_threshold=0.0, topk=topk,
+      topk_backend="auto", dtype="float32")), info)
+  batch = dummy_batch(model, info, batch_size)
+  rng = np.random.default_rng(0)
+  if name == "t5":
+    for key in ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens"):
+      batch[key] = rng.integers(2, info.vocab_size, batch[key].shape).astype(np.int32)
+  else:
+    batch["image"] = rng.normal(size=batch["image"].shape).astype(np.float32)
+  variables = model.module.init(jax.random.PRNGKey(0), **model.inputs(batch))
+  _, state = model.module.apply({"params": nn.meta.unbox(variables["params"])},
+                                **model.inputs(batch), mutable=["sparsity"])
+  return sparsity.flatten_stats(jax.device_get(state["sparsity"]))
+
+
 @pytest.mark.parametrize("name,info", [
     ("t5", INFO),
     ("vit", types.SimpleNamespace(task="classification", num_classes=10, image_shape=(16, 16, 3))),
@@ -100,20 +118,7 @@ def test_padding_does_not_change_the_counts():
     ("mlp", types.SimpleNamespace(task="classification", num_classes=10, image_shape=(64,))),
 ])
 def test_about_half_nonzero_at_initialisation(name, info):
-  model = build_model(ml_collections.ConfigDict(dict(
-      name=name, variant="tiny", activation="relu", activation_threshold=0.0, topk=None,
-      topk_backend="auto", dtype="float32")), info)
-  batch = dummy_batch(model, info, 8)
-  rng = np.random.default_rng(0)
-  if name == "t5":
-    for k in ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens"):
-      batch[k] = rng.integers(2, info.vocab_size, batch[k].shape).astype(np.int32)
-  else:
-    batch["image"] = rng.normal(size=batch["image"].shape).astype(np.float32)
-  variables = model.module.init(jax.random.PRNGKey(0), **model.inputs(batch))
-  _, state = model.module.apply({"params": nn.meta.unbox(variables["params"])},
-                                **model.inputs(batch), mutable=["sparsity"])
-  stats = sparsity.flatten_stats(jax.device_get(state["sparsity"]))
+  stats = tiny_model_stats(name, info, topk=None, batch_size=8)
   assert stats
   for layer, s in stats.items():
     assert 0.40 < s.nonzero_frac < 0.60, (layer, s.nonzero_frac)
@@ -152,20 +157,7 @@ def test_npz_round_trip(tmp_path):
 ])
 def test_topk_models_report_at_most_k_over_d_nonzero(name, info):
   k = 8
-  model = build_model(ml_collections.ConfigDict(dict(
-      name=name, variant="tiny", activation="relu", activation_threshold=0.0, topk=k,
-      topk_backend="auto", dtype="float32")), info)
-  batch = dummy_batch(model, info, 4)
-  rng = np.random.default_rng(0)
-  if name == "t5":
-    for key in ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens"):
-      batch[key] = rng.integers(2, info.vocab_size, batch[key].shape).astype(np.int32)
-  else:
-    batch["image"] = rng.normal(size=batch["image"].shape).astype(np.float32)
-  variables = model.module.init(jax.random.PRNGKey(0), **model.inputs(batch))
-  _, state = model.module.apply({"params": nn.meta.unbox(variables["params"])},
-                                **model.inputs(batch), mutable=["sparsity"])
-  stats = sparsity.flatten_stats(jax.device_get(state["sparsity"]))
+  stats = tiny_model_stats(name, info, topk=k, batch_size=4)
   for layer, s in stats.items():
     assert 0 < s.nonzero_frac <= k / s.d_ff + 1e-12, (layer, s.nonzero_frac)
     # ReLU then top-k: exactly k per token wherever a token has >= k positive pre-activations.

@@ -51,6 +51,15 @@ def corrupted_lengths(tokens_length: int, noise_density: float, mean_noise_span_
   return tokens_length - num_noise + num_spans + 1, num_noise + num_spans + 1
 
 
+
+def lengths_from_config(cfg) -> tuple[int, int, int]:
+  """(raw tokens per window, inputs_length, targets_length) of a span-corruption data config:
+  windows sized by T5's random_spans_helper so inputs fill `inputs_length` without truncation."""
+  nd, ms = cfg["noise_density"], cfg["mean_noise_span_length"]
+  tokens_length, _ = random_spans_helper(cfg["inputs_length"], nd, ms)
+  needed = corrupted_lengths(tokens_length, nd, ms)[1]
+  return tokens_length, int(cfg["inputs_length"]), int(cfg["targets_length"] or needed)
+
 def _random_segmentation(num_items, num_segments, seed, stream, index):
   """[B, num_segments] positive lengths summing to num_items, uniformly at random (as T5)."""
   b = len(index)

@@ -27,11 +27,8 @@ class TextSource:
     self.tokenizer = tokenizer.get(cfg)
     self.vocab_size = tokenizer.total_vocab_size(cfg, self.tokenizer.base_size)
     self.num_sentinels = int(cfg["num_sentinels"])
-    nd, ms = cfg["noise_density"], cfg["mean_noise_span_length"]
-    self.tokens_length, _ = span_corruption.random_spans_helper(cfg["inputs_length"], nd, ms)
-    self.inputs_length = int(cfg["inputs_length"])
-    needed = span_corruption.corrupted_lengths(self.tokens_length, nd, ms)[1]
-    self.targets_length = int(cfg["targets_length"] or needed)
+    self.tokens_length, self.inputs_length, self.targets_length = (
+        span_corruption.lengths_from_config(cfg))
     self._streams = None
 
   # --- token streams --------------------------------------------------------------------------------
