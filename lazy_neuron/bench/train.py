@@ -10,6 +10,14 @@ sparsity probe on vs off (DESIGN.md: the probe costs at most a few percent of a 
 Each variant builds its own jitted step, runs `--warmup` steps, then times `--steps` steps on one
 fixed batch (input pipeline excluded), blocking on the result. Prints a table; writes JSON with the
 hardware named.
+
+`--input=pipeline` also times the same compiled step fed by the config's real input pipeline
+(`data.build` + `to_global`, exactly as `lazy-neuron train` feeds it) after `--pipeline-warmup`
+steps that drain the batches prefetched while compiling; `pipeline vs fixed` near 0% means the
+input pipeline keeps up with the step (docs/data.md):
+
+  lazy-neuron bench train --config=configs/vit_imagenet.py:dataset=bench_jpeg,data_dir=DIR,workers=14 \
+      --config.batch_size=256 --config.model.dtype=bfloat16 --variants=dense --input=pipeline
 """
 from __future__ import annotations
 
@@ -64,7 +72,29 @@ def _peak_bytes() -> Optional[int]:
   return stats.get("peak_bytes_in_use")
 
 
-def time_variant(config, warmup: int, steps: int, info=None) -> dict:
+def _time_pipeline(s, setup, config, state, window, warmup: int, steps: int) -> dict:
+  """The compiled step fed by the config's input pipeline, as `train` feeds it."""
+  from lazy_neuron import data, train
+  t_start = time.perf_counter()
+  it = data.build(config.data, split="train", batch_size=config.batch_size, seed=config.seed)
+  first = next(it)
+  startup_s = time.perf_counter() - t_start
+  state, window = s.train_step(state, window, train.to_global(first, setup.batch_sharding))
+  for _ in range(warmup):
+    state, window = s.train_step(state, window, train.to_global(next(it), setup.batch_sharding))
+  jax.block_until_ready(state)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, window = s.train_step(state, window, train.to_global(next(it), setup.batch_sharding))
+  jax.block_until_ready((state, window))
+  dt = (time.perf_counter() - t0) / steps
+  del it
+  return {"pipeline_step_ms": dt * 1e3, "pipeline_examples_per_s": config.batch_size / dt,
+          "pipeline_startup_s": startup_s, "pipeline_warmup_steps": warmup}
+
+
+def time_variant(config, warmup: int, steps: int, info=None, pipeline_warmup: Optional[int] = None
+                 ) -> dict:
   from lazy_neuron import train
   from lazy_neuron.models import dummy_batch
   setup = train.build_setup(config, info=info)
@@ -94,11 +124,13 @@ def time_variant(config, warmup: int, steps: int, info=None) -> dict:
       state, window = s.train_step(state, window, batch)
     jax.block_until_ready((state, window))
     dt = (time.perf_counter() - t0) / steps
+    fed = {} if pipeline_warmup is None else _time_pipeline(s, setup, config, state, window,
+                                                             pipeline_warmup, steps)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setup.abstract_state["params"]))
   return {"step_ms": dt * 1e3, "steps_per_s": 1.0 / dt,
           "examples_per_s": config.batch_size / dt, "first_step_s": compile_s,
           "params": n_params, "mesh": dict(setup.mesh.shape),
-          "peak_bytes_per_device": _peak_bytes()}
+          "peak_bytes_per_device": _peak_bytes(), **fed}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -112,6 +144,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--synthetic", default=None,
                       help="image,SIZE,CLASSES[,CH] or text,INPUTS,TARGETS,VOCAB: random batches of "
                       "these shapes instead of the config's data")
+  parser.add_argument("--input", default="fixed", choices=("fixed", "pipeline"),
+                      help="pipeline: also time the step fed by the config's input pipeline")
+  parser.add_argument("--pipeline-warmup", "--pipeline_warmup", type=int, default=50,
+                      help="pipeline-fed steps before timing (drains what was prefetched)")
   args, rest = parser.parse_known_args(argv[1:])
   try:
     from lazy_neuron import train
@@ -119,12 +155,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     unknown = [a for a in rest if not a.startswith("--config.")]
     if unknown:
       raise UserError(f"unknown flag {unknown[0]!r}; valid: --config, --variants, --steps, "
-                      f"--warmup, --out, --synthetic, --config.KEY=VALUE")
+                      f"--warmup, --out, --synthetic, --input, --pipeline-warmup, --config.KEY=VALUE")
     info = synthetic_info(args.synthetic)
+    if args.input == "pipeline" and info is not None:
+      raise UserError("--input=pipeline reads the config's data; it cannot be combined with "
+                      f"--synthetic={args.synthetic!r}")
+    if args.steps < 1 or args.warmup < 0 or args.pipeline_warmup < 0:
+      raise UserError(f"--steps={args.steps} must be >= 1, --warmup={args.warmup} and "
+                      f"--pipeline-warmup={args.pipeline_warmup} >= 0")
+    pipeline_warmup = args.pipeline_warmup if args.input == "pipeline" else None
     rows = []
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
       config = train.load_config(args.config, overrides + _variant_overrides(name))
-      rows.append({"variant": name, **time_variant(config, args.warmup, args.steps, info)})
+      rows.append({"variant": name, **time_variant(config, args.warmup, args.steps, info,
+                                                             pipeline_warmup)})
   except UserError as e:
     print(f"lazy-neuron: error: {e}", file=sys.stderr)
     return EXIT_USAGE
@@ -139,6 +183,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     peak_s = f"{peak / 2**30:.2f}" if peak else "-"
     print(f"{r['variant']:<14} {r['step_ms']:>10.2f} {r['steps_per_s']:>9.2f} "
           f"{r['examples_per_s']:>11.1f} {r['step_ms'] / base - 1:>+8.1%} {peak_s:>12}")
+  if args.input == "pipeline":
+    print(f"\nfed by the input pipeline ({args.pipeline_warmup} steps to drain the prefetch, then "
+          f"{args.steps} timed)")
+    print(f"{'variant':<14} {'step ms':>10} {'examples/s':>11} {'vs fixed':>9} {'startup s':>10}")
+    for r in rows:
+      print(f"{r['variant']:<14} {r['pipeline_step_ms']:>10.2f} {r['pipeline_examples_per_s']:>11.1f} "
+            f"{r['pipeline_step_ms'] / r['step_ms'] - 1:>+8.1%} {r['pipeline_startup_s']:>10.1f}")
   if args.out:
     with open(args.out, "w") as f:
       json.dump({"config": args.config, "overrides": overrides, "rows": rows,
