@@ -265,6 +265,7 @@ def test_gaussian_infinite_data(gauss_cfg):
     (lambda: data.validate({"name": "docstrings", "targets_length": 3}), "targets_length"),
     (lambda: data.validate({"name": "docstrings", "tokenizer": "bytes", "vocab_size": 100}), "vocab_size"),
     (lambda: data.validate({"name": "digits", "channels": 2}), "channels"),
+    (lambda: data.validate({"name": "digits", "num_workers": -2}), r"data.num_workers=-2 .* \[-1, 1024\]"),
     (lambda: data.build({"name": "gaussian"}, split="test", batch_size=8, seed=0), "split"),
 ])
 def test_user_errors(make, match):

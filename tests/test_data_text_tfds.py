@@ -231,12 +231,15 @@ def test_workers_do_not_change_the_stream(digits_cfg):
   cfg = resolved(digits_cfg)
   want = [next(it) for it in [data.build({**cfg, "num_threads": 0}, split="train", batch_size=32, seed=2)]
           for _ in range(5)]
+  threads = data.build({**cfg, "num_threads": 8, "prefetch": 2}, split="train", batch_size=32, seed=2)
+  assert _equal([next(threads) for _ in range(5)], want)
   it = data.build({**cfg, "num_workers": 2}, split="train", batch_size=32, seed=2)
   got = [next(it) for _ in range(3)]
   state = it.get_state()
   got += [next(it) for _ in range(2)]
   assert _equal(got, want)
-  resumed = data.build({**cfg, "num_workers": 2}, split="train", batch_size=32, seed=2)
+  # A state saved with 2 workers resumes with one worker per usable core (-1).
+  resumed = data.build({**cfg, "num_workers": -1}, split="train", batch_size=32, seed=2)
   resumed.set_state(state)
   assert _equal([next(resumed) for _ in range(2)], want[3:])
 

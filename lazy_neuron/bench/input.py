@@ -163,7 +163,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  help="JPEG records to write (reused when --dir already holds this many)")
   p.add_argument("--dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "ln_bench_input"))
   p.add_argument("--workers", default=None,
-                 help="comma list of grain worker counts (default: 0,<cpus>); 0 = threads in-process")
+                 help="comma list of grain worker counts (default: 0,<cpus>); 0 = threads in-process, "
+                 "-1 = one per usable core")
   p.add_argument("--threads", type=int, default=None, help="threads when workers=0 (default: cpus)")
   p.add_argument("--batch-size", "--batch_size", type=int, default=256)
   p.add_argument("--image-size", "--image_size", type=int, default=224)
@@ -179,7 +180,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
   hw = hardware()
   cpus = hw["cpus_usable"] or 1
-  workers = [int(w) for w in (args.workers or f"0,{cpus}").split(",") if w.strip()]
+  workers = [cpus if int(w) == -1 else int(w) for w in (args.workers or f"0,{cpus}").split(",")
+             if w.strip()]
   threads = args.threads or cpus
   if args.make_records < args.batch_size:
     print(f"--make-records={args.make_records} must be >= --batch-size={args.batch_size}", file=sys.stderr)

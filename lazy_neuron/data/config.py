@@ -30,7 +30,8 @@ _COMMON = {
     "cache_dir": config_dict.placeholder(str),  # None: $LAZY_NEURON_CACHE or ~/.cache/lazy_neuron
     "num_threads": 1,  # grain threads computing batches ahead (0: synchronous)
     "prefetch": 4,  # batches computed ahead (0: none)
-    "num_workers": 0,  # grain worker processes computing whole batches (0: threads in this process)
+    "num_workers": 0,  # grain worker processes computing whole batches (0: threads in this process;
+                       # -1: one per usable core of the host)
 }
 
 _LABELS = {  # classification sources: label switches (train only, fixed per record)
@@ -208,7 +209,7 @@ def validate(data_config) -> dict[str, Any]:
   _str(cfg, "cache_dir")
   _int(cfg, "num_threads", 0, 64)
   _int(cfg, "prefetch", 0)
-  _int(cfg, "num_workers", 0, 1024)
+  _int(cfg, "num_workers", -1, 1024)
   name = cfg["name"]
   if name == "docstrings":
     from lazy_neuron.data import docstrings, tokenizer

@@ -12,6 +12,7 @@ of global batches; padded rows are zeros with `mask == 0`.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable
 
 import numpy as np
@@ -75,8 +76,11 @@ class DataIterator:
     self._fingerprint = fingerprint
     self.element_spec = element_spec
     self.num_batches = num_batches
+    num_workers = usable_cores() if num_workers == -1 else int(num_workers)
     if num_threads > 0 and prefetch > 0 and not num_workers:
-      options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+      # A buffer smaller than the thread count would leave threads idle (grain warns).
+      options = grain.ReadOptions(num_threads=num_threads,
+                                  prefetch_buffer_size=max(prefetch, num_threads))
     else:
       options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
     if not isinstance(dataset, grain.IterDataset):  # an IterDataset already: packed text
@@ -88,8 +92,9 @@ class DataIterator:
 
       if not flags.FLAGS.is_parsed():  # grain reads absl flags in its workers
         flags.FLAGS.mark_as_parsed()
+      # Two batches per worker at least: one being handed over while the next is computed.
       dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-          num_workers=int(num_workers), per_worker_buffer_size=max(1, -(-max(prefetch, 1) // num_workers))))
+          num_workers=num_workers, per_worker_buffer_size=max(2, -(-prefetch // num_workers))))
     self._iterator = iter(dataset)
     self._one_pass = bool(fingerprint.get("one_pass")) and fingerprint.get("split") == "train"
 
@@ -127,6 +132,14 @@ class DataIterator:
       raise UserError(f"data iterator state does not match this data pipeline ({what}); resume with "
                       "the data config, seed, batch size and process count the state was saved with")
     self._iterator.set_state(state["grain"])
+
+
+def usable_cores() -> int:
+  """CPU cores this process may run on (its affinity mask; a container's limit on some hosts)."""
+  try:
+    return max(1, len(os.sched_getaffinity(0)))
+  except AttributeError:  # not Linux
+    return max(1, os.cpu_count() or 1)
 
 
 def check_batch(batch_size: int, process_index: int, process_count: int) -> int:
