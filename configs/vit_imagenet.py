@@ -12,8 +12,8 @@ docs/bench/vit_b16_1gpu_dense.json), so ~12 hours there, ~6.7 hours on two. The 
 nonzero MLP activations for a ViT-B/16 trained on ImageNet-21k (PAPER.md);
 `label_noise=p`, `random_labels`, `random_inputs` and `one_pass` are its data ablations, `topk=K` its
 Top-k ViT. The input pipeline needs ~2,600 img/s for B/16 on one H200 and runs one grain worker
-process per usable core by default (`workers=-1`): measured on the H200's 16 cores, 3,878 img/s from
-JPEG ArrayRecords, and a training step fed by it within 2.7% of one fed a fixed batch
+process per usable core by default (`workers=-1`): measured on the H200's 16 cores, 3,944 img/s from
+JPEG ArrayRecords, and a training step fed by it within 2.6% of one fed a fixed batch
 (`lazy-neuron bench input`, `lazy-neuron bench train --input=pipeline`; docs/data.md).
 
 `runlocal` trains 4 steps of a 2-layer tiny ViT on scikit-learn's digits (offline, seconds) with the
