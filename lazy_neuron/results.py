@@ -50,6 +50,13 @@ def exists(path) -> bool:
   except ImportError as e:
     raise UserError(f"reading {os.fspath(path)} needs a package that is not installed ({e}); "
                     "for gs:// run `pip install gcsfs`") from None
+  except Exception as e:  # noqa: BLE001 - a remote filesystem's own errors (tf.io.gfile, gcsfs)
+    if "://" not in os.fspath(path):
+      raise
+    detail = (str(e).strip().splitlines() or [""])[0][:300]
+    raise UserError(f"cannot reach {os.fspath(path)} ({type(e).__name__}: {detail}); check the "
+                    "bucket name, network access and credentials (`gcloud auth application-default "
+                    "login`)") from None
 
 
 @dataclasses.dataclass
