@@ -430,7 +430,7 @@ def evaluate(steps: Steps, params, config, step: int, workdir: Optional[str],
   it = data.build(config.data, split="eval", batch_size=eval_batch, seed=config.seed,
                   process_index=jax.process_index(), process_count=jax.process_count())
   outs = []
-  with steps.context():
+  with it, steps.context():
     for batch in it:
       out = steps.eval_step(params, to_global(batch, s.batch_sharding))
       if sync_each_step:
@@ -575,11 +575,13 @@ def _train(config, workdir, setup, stream, stop_after, stop_requests) -> dict[st
     for st, values, t in pending.flush(block=True):
       write(st, values, t)
   except TrainingDivergedError as e:
+    train_iter.close()
     ckpt.close()  # in-flight saves finish: each was checked finite before it started
     good = ckpt.latest_step()
     e.last_checkpoint = os.fspath(wd / "checkpoints" / str(good)) if good is not None else None
     e.args = (e.message(),)
     raise
+  train_iter.close()
   ckpt.close()
   if signum is not None:
     print(f"stopped by {signal.Signals(signum).name} after step {step}: checkpoint "

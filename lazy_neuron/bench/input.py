@@ -118,7 +118,7 @@ def time_pipeline(data_dir, *, image_size, batch_size, threads, workers, warmup,
     batch = next(it)
   dt = time.perf_counter() - t0
   assert batch["image"].shape == (batch_size, image_size, image_size, 3)
-  del it
+  it.close()
   return {"workers": workers, "threads": threads if not workers else 0, "batch_size": batch_size,
           "batches": batches, "seconds": dt, "images_per_s": batches * batch_size / dt,
           "startup_s": first}

@@ -111,6 +111,18 @@ class DataIterator:
                         "data.one_pass") from None
       raise
 
+  def close(self) -> None:
+    """Stops grain's threads / worker processes and frees their shared memory (idempotent)."""
+    close = getattr(self._iterator, "close", None)
+    if close is not None:
+      close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
   def __len__(self) -> int:
     if self.num_batches is None:
       raise TypeError("a train iterator is infinite")
