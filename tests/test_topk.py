@@ -159,6 +159,18 @@ def test_pallas_gpu_multirow_blocks_and_chunks():
   assert_exact(y, x, 5)
 
 
+@pytest.mark.parametrize("tie", ["cumsum", "min", "auto", "bisect"])
+def test_pallas_gpu_tie_cuts(tie):
+  # Adversarial rows hold many ties (constant rows, ReLU zeros: "auto" falls back to cumsum) and
+  # a few (bf16 N(0, 1): min-reductions); 4-row blocks mix rows that need each.
+  from lazy_neuron.kernels.topk import pallas_gpu
+  x = jnp.concatenate([adversarial(16, 300, jnp.bfloat16),
+                       jax.random.normal(jax.random.key(3), (16, 300)).astype(jnp.bfloat16)])
+  for k in (7, 64):
+    y, _, _ = pallas_gpu.forward(x, k, interpret=True, rows=4, chunk=128, tie=tie)
+    assert_exact(y, x, k)
+
+
 @pytest.mark.skipif(not ON_GPU, reason="needs a GPU")
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 @pytest.mark.parametrize("d", [100, 1000, 3072, 4096, 16384])

@@ -31,7 +31,7 @@ def _chunks(d: int, chunk: int):
 
 
 def _kernel(x_ref, y_ref, t_ref, cut_ref, *, k, t_rows, d, rows, chunk, n_interp, reload_x,
-            bracket):
+            bracket, tie):
   i = pl.program_id(0)
   row = i * rows + jnp.arange(rows, dtype=jnp.int32)
   row_ok = row < t_rows
@@ -52,7 +52,7 @@ def _kernel(x_ref, y_ref, t_ref, cut_ref, *, k, t_rows, d, rows, chunk, n_interp
     masks.append(m)
     cols.append((c0, col, x))
   t, cut = search.row_threshold(keys_, vals, valids, k=k, d=d, dtype=dtype, n_interp=n_interp,
-                                bracket=bracket)
+                                bracket=bracket, tie=tie)
   for kc, m, (c0, col, x) in zip(keys_, masks, cols):
     keep = search.keep_chunk(kc, t, cut, c0)
     if reload_x:
@@ -79,7 +79,8 @@ TUNED: dict = {
 
 
 def default_config(d: int, dtype) -> dict:
-  base = dict(rows=1, chunk=1024, num_warps=2, n_interp=None, reload_x=False, bracket="minmax")
+  base = dict(rows=1, chunk=1024, num_warps=2, n_interp=None, reload_x=False, bracket="minmax",
+              tie="auto")
   tuned = TUNED.get((d, jnp.dtype(dtype).name))
   if tuned is not None:
     return dict(base, **tuned)
@@ -91,11 +92,11 @@ def default_config(d: int, dtype) -> dict:
 
 
 @functools.partial(jax.jit, static_argnames=("k", "interpret", "rows", "chunk", "num_warps",
-                                              "n_interp", "reload_x", "bracket"))
+                                              "n_interp", "reload_x", "bracket", "tie"))
 def forward(x2d, k: int, *, interpret: bool = False, rows: int | None = None,
             chunk: int | None = None, num_warps: int | None = None,
             n_interp: int | None = None, reload_x: bool | None = None,
-            bracket: str | None = None):
+            bracket: str | None = None, tie: str | None = None):
   """x2d [T, D] -> (y [T, D], t [T] int32, cut [T] int32)."""
   t_rows, d = x2d.shape
   cfg = default_config(d, x2d.dtype)
@@ -105,8 +106,9 @@ def forward(x2d, k: int, *, interpret: bool = False, rows: int | None = None,
   reload_x = cfg["reload_x"] if reload_x is None else reload_x
   bracket = cfg["bracket"] if bracket is None else bracket
   n_interp = cfg["n_interp"] if n_interp is None else n_interp
+  tie = cfg["tie"] if tie is None else tie
   kernel = functools.partial(_kernel, k=k, t_rows=t_rows, d=d, rows=rows, chunk=chunk,
-                             n_interp=n_interp, reload_x=reload_x, bracket=bracket)
+                             n_interp=n_interp, reload_x=reload_x, bracket=bracket, tie=tie)
   out_shape = (jax.ShapeDtypeStruct((t_rows, d), x2d.dtype),
                jax.ShapeDtypeStruct((t_rows,), jnp.int32),
                jax.ShapeDtypeStruct((t_rows,), jnp.int32))

@@ -12,10 +12,13 @@ The first `n_interp` thresholds are guesses in value space: a normal-model quant
 mean + std * z(1 - k/D), a Newton step with the model's density, then secants through the last two
 points; any guess outside the open bracket falls back to bisection, and after `n_interp` steps
 it is bisection only (so at most n_interp + bits + 1 steps). Ties at t are cut with a cumulative count
-(`tie="cumsum"`) or a bisection over the column (`tie="bisect"`, for Mosaic TPU, which has no scan).
+(`tie="cumsum"`), by repeated min-reductions over the tied columns (`tie="min"`: cheap when only a
+few ties are taken), `tie="auto"` (min for up to 4 ties to take, else cumsum), or a bisection over
+the column (`tie="bisect"`, for Mosaic TPU, which has no scan).
 """
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 
@@ -26,6 +29,7 @@ from jax import lax
 from lazy_neuron.kernels.topk import keys as keys_lib
 
 PAD_KEY = -(2**31)
+_MIN_TIE_STEPS = 4  # tie="auto": up to this many tied entries to take, min-reductions; beyond, cumsum
 
 
 def _sum(a, count_dtype):
@@ -148,7 +152,41 @@ def row_threshold(key_chunks, val_chunks, valid_chunks, *, k: int, d: int, dtype
   need = (kk - chi).astype(jnp.int32)
   full = jnp.full((r, 1), d, jnp.int32)
 
-  def tie_cut():
+  offs, o = [], 0
+  for kc in key_chunks:
+    offs.append(o)
+    o += kc.shape[1]
+
+  def tie_cut_min():
+    # The need-th tied column, found by `need` min-reductions over the row (no scan): bf16 rows
+    # usually tie 2-3 entries at the k-th value, so need is 1 or 2 and this beats a cumulative count.
+    need_eff = jnp.where(exact, 0, need)
+
+    def next_tie(prev):
+      best = full
+      for kc, off in zip(key_chunks, offs):
+        col = lax.broadcasted_iota(jnp.int32, kc.shape, 1) + off
+        cand = jnp.where((kc == t) & (col > prev), col, jnp.int32(d))
+        best = jnp.minimum(best, jnp.min(cand, axis=1, keepdims=True))
+      return best
+
+    def cond(state):
+      j, _ = state
+      return jnp.max((j < need_eff).astype(jnp.int32)) > 0
+
+    def body(state):
+      j, prev = state
+      return j + 1, jnp.where(j < need_eff, next_tie(prev), prev)
+
+    _, pos = lax.while_loop(cond, body, (jnp.zeros((r, 1), jnp.int32), jnp.full((r, 1), -1, jnp.int32)))
+    return jnp.where(exact, full, pos + 1)
+
+  def tie_cut(tie=tie):
+    if tie == "auto":  # min-reductions for a few ties, the cumulative count for many (ReLU zeros)
+      few = jnp.max(jnp.where(exact, 0, need)) <= _MIN_TIE_STEPS
+      return lax.cond(few, tie_cut_min, functools.partial(tie_cut, "cumsum"))
+    if tie == "min":
+      return tie_cut_min()
     if tie == "cumsum":
       running = jnp.zeros((r, 1), jnp.int32)
       before = jnp.zeros((r, 1), jnp.int32)
@@ -159,10 +197,6 @@ def row_threshold(key_chunks, val_chunks, valid_chunks, *, k: int, d: int, dtype
         running = running + jnp.sum(eq, axis=1, keepdims=True)
       return jnp.where(exact, full, before + 1)
     # tie == "bisect": smallest c in [1, D] with count(key == t & col < c) >= need.
-    offs, o = [], 0
-    for kc in key_chunks:
-      offs.append(o)
-      o += kc.shape[1]
 
     def count_before(c):
       tot = None
