@@ -65,10 +65,12 @@ def _kernel(x_ref, y_ref, t_ref, cut_ref, *, k, t_rows, d, rows, chunk, n_interp
 
 # Launch configs picked on one NVIDIA H200 by `lazy-neuron bench topk --tune` (T = 65536, k = 128,
 # N(0, 1) rows; docs/bench/topk_h200.json), keyed by (D, dtype name). Other shapes use the rule below,
-# which interpolates these.
+# which interpolates these. Tie cut (search.py): "auto" (min-reductions for a few ties) measured
+# 0.527 vs 0.544 ms for "cumsum" at D = 3072 bf16 and 0.783 vs 0.824 at 4096, but 0.197 vs 0.173 at
+# D = 1024, where the smaller program keeps "cumsum" (docs/bench/topk_tie_h200.json).
 TUNED: dict = {
-    (1024, "bfloat16"): dict(num_warps=1, chunk=1024),
-    (1024, "float32"): dict(num_warps=1, chunk=1024),
+    (1024, "bfloat16"): dict(num_warps=1, chunk=1024, tie="cumsum"),
+    (1024, "float32"): dict(num_warps=1, chunk=1024, tie="cumsum"),
     (3072, "bfloat16"): dict(num_warps=2, chunk=1024),
     (3072, "float32"): dict(num_warps=1, chunk=1024),
     (4096, "bfloat16"): dict(num_warps=2, chunk=2048),
@@ -85,7 +87,7 @@ def default_config(d: int, dtype) -> dict:
   if tuned is not None:
     return dict(base, **tuned)
   if d <= 1024:
-    return dict(base, num_warps=1, chunk=pl.next_power_of_2(d))
+    return dict(base, num_warps=1, chunk=pl.next_power_of_2(d), tie="cumsum")
   if d <= 6144:
     return dict(base, num_warps=2, chunk=1024 if d % 2048 else 2048)
   return dict(base, num_warps=4, chunk=4096, reload_x=True)
