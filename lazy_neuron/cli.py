@@ -14,6 +14,7 @@ COMMANDS = {
     "report": ("lazy_neuron.report", "figures + index.html from one or more workdirs"),
     "bench": ("lazy_neuron.bench", "benchmarks: JSON + a table"),
     "tokenizer": ("lazy_neuron.data.tokenizer", "train a sentencepiece model: --corpus FILES --vocab-size N"),
+    "convert": ("lazy_neuron.data.convert", "a TFDS dataset prepared as TFRecord -> ArrayRecord"),
 }
 
 

@@ -182,7 +182,7 @@ def test_tfrecord_without_tf_says_what_to_do(tmp_path, monkeypatch):
     return real_import(name, *a, **k)
 
   monkeypatch.setattr(builtins, "__import__", no_tf)
-  with pytest.raises(UserError, match=r"pip install -e '\.\[tf\]'.*array_record") as e:
+  with pytest.raises(UserError, match=r"pip install -e '\.\[tf\]'.*lazy-neuron convert --dataset=") as e:
     source.source("train")
   assert "\n" not in str(e.value)
 

@@ -22,6 +22,7 @@ in every epoch, seeded by `label_noise_seed`:
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 
@@ -186,11 +187,22 @@ class TfdsImageSource:
     if self._builder is None:
       import tensorflow_datasets as tfds
 
+      data_dir = self.cfg["data_dir"]
+      if data_dir and "://" not in data_dir and not os.path.isdir(os.path.expanduser(data_dir)):
+        raise UserError(f"data.data_dir={data_dir!r} does not exist; give the TFDS data dir that holds "
+                        f"{self.name.split(':')[0]}/<version>/ (local or gs://)")
       try:
-        self._builder = tfds.builder(self.name, data_dir=self.cfg["data_dir"])
+        self._builder = tfds.builder(self.name, data_dir=data_dir)
         info = self._builder.info
       except Exception as e:  # DatasetNotFoundError, bad version, unreadable data dir, ...
         raise self._tfds_error(e) from e
+      fmt = getattr(info.file_format, "value", info.file_format)
+      if fmt == "tfrecord" and self._builder.is_prepared():
+        where = data_dir or "the default TFDS data dir"
+        raise UserError(
+            f"data.dataset={self.name!r} is prepared as TFRecord in {where}; the image pipeline reads "
+            f"ArrayRecord (random access): convert it once with `lazy-neuron convert --dataset={self.name} "
+            f"--data_dir={data_dir or '~/tensorflow_datasets'} --out_dir=NEW_DIR` and set data.data_dir=NEW_DIR")
       for key in (self.cfg["image_key"], self.cfg["label_key"]):
         if key not in info.features:
           raise UserError(f"data.{'image_key' if key == self.cfg['image_key'] else 'label_key'}={key!r} "
@@ -201,6 +213,7 @@ class TfdsImageSource:
     if split not in self._sources:
       import tensorflow_datasets as tfds
 
+      self.builder()  # missing data dir, unknown dataset, TFRecord: the specific errors first
       name = self.cfg["train_split" if split == "train" else "eval_split"]
       try:
         kwargs = dict(split=name, data_dir=self.cfg["data_dir"], download=False)  # never download
