@@ -110,6 +110,15 @@ def test_convert_copies_every_record_and_the_pipeline_reads_it(array_record_dir,
     assert rc == 2 and message in err and len(err.splitlines()) == 1
 
 
+def test_remote_style_output_is_staged_locally(array_record_dir, tfrecord_dir, tmp_path):
+  # The gs:// code path (shards staged on local disk and copied; dataset_info.json last), here on a
+  # local directory: there is no network in CI.
+  out = str(tmp_path / "staged")
+  convert.convert("tiny_images", tfrecord_dir, out, log=lambda m: None, stage_locally=True)
+  got, want = _examples(out, "train"), _examples(array_record_dir, "train")
+  assert len(got) == 30 and all(np.array_equal(a[0], b[0]) for a, b in zip(got, want))
+
+
 def test_corrupt_tfrecord_is_named(tmp_path):
   path = str(tmp_path / "x.tfrecord-00000-of-00001")
   convert.write_tfrecords(path, [b"abc", b"defgh"])
@@ -141,3 +150,12 @@ def test_tensorflow_reads_our_tfrecords_and_tfds_prepared_ones_convert(tmp_path,
   for split in ("train", "test"):
     got, want = _examples(out, split), _examples(array_record_dir, split)
     assert all(np.array_equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(got, want))
+
+
+def test_unreadable_gcs_array_record_names_the_fixes():
+  from lazy_neuron.data import images
+  from lazy_neuron.data.config import validate
+  src = images.TfdsImageSource(validate(data.get_data_config("tfds", dataset="cifar10",
+                                                             data_dir="gs://bucket/tfds")))
+  e = src._tfds_error(RuntimeError("open() failed: No such file or directory; opening gs://bucket/x"))
+  assert "gs://bucket/tfds" in str(e) and "gcsfuse" in str(e) and "\n" not in str(e)

@@ -9,8 +9,10 @@ grain workers, exact resume), which ArrayRecord gives. Both formats hold the sam
 `tf.train.Example` per record, so the conversion copies records unchanged, shard by shard, and writes
 the dataset's metadata with `fileFormat: array_record`. No TensorFlow and no Apache Beam needed
 (`tfds convert_format` needs Beam): TFRecord framing is read here (length, masked CRC32C of the
-length checked; the data CRC too when `google-crc32c` is installed). The output appears atomically
-(written under `<version>.incomplete-*`, renamed at the end); an existing output is never overwritten.
+length checked; the data CRC too when `google-crc32c` is installed). A local output appears atomically
+(written under `<version>.incomplete-*`, renamed at the end); a gs:// output is staged shard by shard
+on local disk (array_record writes local files only) and becomes visible to TFDS when its
+`dataset_info.json` is written, last. An existing output is never overwritten.
 Then: `--config.data.data_dir=DST` (or `data_dir=DST` in the config's args).
 """
 from __future__ import annotations
@@ -124,10 +126,14 @@ def _builder(dataset: str, data_dir: str):
   return b
 
 
-def _convert_shard(src: str, dst: str) -> int:
+def _convert_shard(src: str, dst: str, staging: Optional[str]) -> int:
+  """One TFRecord shard -> one ArrayRecord shard. array_record writes local files only: with
+  `staging`, the shard is written there, copied to `dst` (e.g. gs://) and removed."""
   from array_record.python.array_record_module import ArrayRecordWriter
+  from etils import epath
 
-  writer = ArrayRecordWriter(dst, "group_size:1")  # random access, as TFDS writes it
+  local = os.path.join(staging, os.path.basename(dst)) if staging else dst
+  writer = ArrayRecordWriter(local, "group_size:1")  # random access, as TFDS writes it
   n = 0
   try:
     for record in read_tfrecords(src):
@@ -135,12 +141,22 @@ def _convert_shard(src: str, dst: str) -> int:
       n += 1
   finally:
     writer.close()
+  if staging:
+    epath.Path(local).copy(epath.Path(dst), overwrite=True)
+    os.remove(local)
   return n
 
 
 def convert(dataset: str, data_dir: str, out_dir: str, *, workers: int = 8,
-            log=lambda msg: print(msg, flush=True)) -> str:
-  """Writes `out_dir/<name>[/<config>]/<version>` as ArrayRecord; returns that directory."""
+            log=lambda msg: print(msg, flush=True), stage_locally: Optional[bool] = None) -> str:
+  """Writes `out_dir/<name>[/<config>]/<version>` as ArrayRecord; returns that directory.
+
+  Local `out_dir`: written under `<version>.incomplete-*`, renamed at the end. Remote (gs://), where
+  directories do not rename atomically: shards are written to a local staging dir one at a time and
+  copied into place; `dataset_info.json`, which makes TFDS see the dataset, is written last.
+  """
+  import tempfile
+
   from etils import epath
 
   b = _builder(dataset, data_dir)
@@ -153,8 +169,15 @@ def convert(dataset: str, data_dir: str, out_dir: str, *, workers: int = 8,
   dst = epath.Path(out_dir) / rel
   if (dst / "dataset_info.json").exists():
     raise UserError(f"{dst} already holds a prepared dataset; remove it or choose another --out_dir")
-  tmp = dst.parent / f"{dst.name}.incomplete-{uuid.uuid4().hex[:8]}"
-  tmp.mkdir(parents=True, exist_ok=False)
+  if stage_locally is None:
+    stage_locally = "://" in os.fspath(out_dir)
+  if stage_locally:
+    tmp = dst
+    staging = tempfile.mkdtemp(prefix="lazy_neuron_convert_")
+  else:
+    tmp = dst.parent / f"{dst.name}.incomplete-{uuid.uuid4().hex[:8]}"
+    staging = None
+  tmp.mkdir(parents=True, exist_ok=stage_locally)
   jobs, expected = [], {}
   for split, info in b.info.splits.items():
     paths = [os.fspath(p) for p in info.filepaths]
@@ -169,22 +192,26 @@ def convert(dataset: str, data_dir: str, out_dir: str, *, workers: int = 8,
   start = time.time()
   counts: dict[str, int] = {split: 0 for split in expected}
   with ThreadPoolExecutor(max(1, workers)) as pool:  # I/O and C++ writing release the GIL
-    for (src, _, split), n in zip(jobs, pool.map(lambda j: _convert_shard(j[0], j[1]), jobs)):
+    for (src, _, split), n in zip(jobs, pool.map(lambda j: _convert_shard(j[0], j[1], staging), jobs)):
       counts[split] += n
   for split, n in counts.items():
     if n != expected[split]:
       raise UserError(f"split {split!r}: read {n} records, dataset_info.json says {expected[split]}; "
                       f"the TFRecord files in {src_dir} are incomplete (partial output left in {tmp})")
-  for p in src_dir.iterdir():  # metadata: dataset_info.json, features.json, label files, ...
+  if staging:
+    os.rmdir(staging)
+  info_json = None
+  for p in src_dir.iterdir():  # metadata: features.json, label files, ...; dataset_info.json last
     if ".tfrecord-" in p.name or p.is_dir():
       continue
     if p.name == "dataset_info.json":
-      meta = json.loads(p.read_text())
-      meta["fileFormat"] = "array_record"
-      (tmp / p.name).write_text(json.dumps(meta, indent=2))
+      info_json = json.loads(p.read_text())
     else:
       (tmp / p.name).write_bytes(p.read_bytes())
-  tmp.rename(dst)
+  info_json["fileFormat"] = "array_record"
+  (tmp / "dataset_info.json").write_text(json.dumps(info_json, indent=2))
+  if tmp != dst:
+    tmp.rename(dst)
   log(f"done: {sum(counts.values()):,} records in {time.time() - start:.1f}s; use data_dir={out_dir}")
   return os.fspath(dst)
 

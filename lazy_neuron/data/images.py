@@ -178,6 +178,12 @@ class TfdsImageSource:
 
   def _tfds_error(self, e):
     where = self.cfg["data_dir"] or "the default TFDS data dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+    if "://" in str(self.cfg["data_dir"] or "") and "open() failed" in str(e):
+      return UserError(
+          f"data.data_dir={self.cfg['data_dir']!r}: array_record could not open the ArrayRecord files "
+          f"there ({str(e).splitlines()[0][:200]}); check the credentials (`gcloud auth "
+          "application-default login`), or mount the bucket with gcsfuse and set data.data_dir to the "
+          "mount point (docs/data.md)")
     return UserError(
         f"data.dataset={self.name!r} is not available as ArrayRecord in {where} ({type(e).__name__}: "
         f"{str(e).splitlines()[0] if str(e) else ''}); prepare it with `tfds build {self.name.split(':')[0]} "
