@@ -195,8 +195,8 @@ class TfdsImageSource:
 
       data_dir = self.cfg["data_dir"]
       if data_dir and "://" not in data_dir and not os.path.isdir(os.path.expanduser(data_dir)):
-        raise UserError(f"data.data_dir={data_dir!r} does not exist; give the TFDS data dir that holds "
-                        f"{self.name.split(':')[0]}/<version>/ (local or gs://)")
+        raise UserError(f"data.data_dir={data_dir!r} does not exist (data.dataset={self.name!r}); give "
+                        f"the TFDS data dir that holds {self.name.split(':')[0]}/<version>/ (local or gs://)")
       try:
         self._builder = tfds.builder(self.name, data_dir=data_dir)
         info = self._builder.info
