@@ -53,6 +53,20 @@ def test_tfds_source_shapes_state_and_eval(mock_tfds, dataset, size, channels):
       np.testing.assert_array_equal(shards[p][k]["mask"], whole["mask"][p::2])
 
 
+def test_uint8_batches_are_the_float_batches_before_normalisation(mock_tfds):
+  floats = data.get_data_config("tfds", dataset="cifar10", image_size=24)
+  raw = data.get_data_config("tfds", dataset="cifar10", image_size=24, image_dtype="uint8")
+  assert data.info(raw).image_dtype == "uint8" and data.info(floats).image_dtype == "float32"
+  for split in ("train", "eval"):
+    f = next(iter(data.build(floats, split=split, batch_size=8, seed=3)))
+    u = next(iter(data.build(raw, split=split, batch_size=8, seed=3)))
+    assert u["image"].dtype == np.uint8 and f["image"].dtype == np.float32
+    np.testing.assert_array_equal(images.normalize(u["image"]), f["image"])
+    np.testing.assert_array_equal(u["label"], f["label"])
+  with pytest.raises(UserError, match=r"data.image_dtype='int8' is not valid"):
+    data.info(data.get_data_config("tfds", dataset="cifar10", image_dtype="int8"))
+
+
 def test_tfds_eval_examples_and_errors(mock_tfds):
   cfg = data.get_data_config("tfds", dataset="mnist", image_size=8, eval_examples=10)
   assert data.info(cfg).num_eval_examples == 10

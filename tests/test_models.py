@@ -94,6 +94,17 @@ def test_tiny_models_run_and_sow_fixed_size_stats(tiny):
       assert x.ndim == 0
 
 
+def test_uint8_images_are_normalised_on_the_device(tiny):
+  name, model, batch, variables = tiny
+  if "image" not in batch:
+    pytest.skip("text model")
+  params = nn.meta.unbox(variables["params"])
+  pixels = np.random.default_rng(1).integers(0, 256, batch["image"].shape).astype(np.uint8)
+  host = pixels.astype(np.float32) * np.float32(2 / 255) - np.float32(1)  # what the host pipeline does
+  run = lambda image: model.module.apply({"params": params}, **model.inputs(dict(batch, image=image)))
+  np.testing.assert_allclose(np.asarray(run(pixels)), np.asarray(run(host)), rtol=1e-5, atol=1e-5)
+
+
 def test_every_parameter_has_logical_axes(tiny):
   _, _, _, variables = tiny
   specs = nn.get_partition_spec(variables["params"])

@@ -98,16 +98,17 @@ def make_records(root: str, n: int, *, min_side=256, max_side=500, quality=90, s
   return data_dir
 
 
-def _pipeline_config(data_dir, image_size, threads, workers):
+def _pipeline_config(data_dir, image_size, threads, workers, image_dtype="float32"):
   return {"name": "tfds", "dataset": "bench_jpeg", "data_dir": data_dir, "image_size": image_size,
           "num_threads": threads, "num_workers": workers, "prefetch": max(4, 2 * workers),
-          "augment": "inception_crop"}
+          "augment": "inception_crop", "image_dtype": image_dtype}
 
 
-def time_pipeline(data_dir, *, image_size, batch_size, threads, workers, warmup, batches) -> dict:
+def time_pipeline(data_dir, *, image_size, batch_size, threads, workers, warmup, batches,
+                  image_dtype="float32") -> dict:
   from lazy_neuron import data
 
-  cfg = _pipeline_config(data_dir, image_size, threads, workers)
+  cfg = _pipeline_config(data_dir, image_size, threads, workers, image_dtype)
   start = time.perf_counter()
   it = data.build(cfg, split="train", batch_size=batch_size, seed=0)
   for _ in range(warmup):
@@ -120,6 +121,7 @@ def time_pipeline(data_dir, *, image_size, batch_size, threads, workers, warmup,
   assert batch["image"].shape == (batch_size, image_size, image_size, 3)
   it.close()
   return {"workers": workers, "threads": threads if not workers else 0, "batch_size": batch_size,
+          "image_dtype": image_dtype,
           "batches": batches, "seconds": dt, "images_per_s": batches * batch_size / dt,
           "startup_s": first}
 
@@ -172,6 +174,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--decode-images", "--decode_images", type=int, default=256,
                  help="images for the one-core decode measurement (0: skip)")
+  p.add_argument("--image-dtype", "--image_dtype", default="float32", choices=("float32", "uint8"),
+                 help="batch dtype: float32 (normalised on the host) or uint8 (normalised by the model)")
   p.add_argument("--out", default="bench_input.json")
   args = p.parse_args(argv[1:])
   from absl import flags
@@ -201,11 +205,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       result["decode"].append(r)
   for w in workers:
     r = time_pipeline(data_dir, image_size=args.image_size, batch_size=args.batch_size, threads=threads,
-                      workers=w, warmup=args.warmup, batches=batches)
+                      workers=w, warmup=args.warmup, batches=batches, image_dtype=args.image_dtype)
     r["images_per_s_per_core"] = r["images_per_s"] / min(cpus, max(w, threads if not w else w))
     result["pipeline"].append(r)
   print(f"\n{hw['cpu_model']}, {cpus} usable cores; batch {args.batch_size}, {args.image_size}x{args.image_size}, "
-        f"float32 [-1, 1]")
+        + ("float32 [-1, 1]" if args.image_dtype == "float32" else "uint8 pixels"))
   if result["decode"]:
     d = result["decode"][0]
     print(f"JPEGs: mean {d['mean_jpeg_bytes'] / 1e3:.0f} kB, {d['mean_pixels'] / 1e3:.0f} kpixels")

@@ -106,6 +106,8 @@ def time_variant(config, warmup: int, steps: int, info=None, pipeline_warmup: Op
       batch[k] = rng.integers(2, max(setup.info.vocab_size or 3, 3), v.shape).astype(np.int32)
     elif k == "label":
       batch[k] = rng.integers(0, setup.info.num_classes, v.shape).astype(np.int32)
+    elif k == "image" and v.dtype == np.uint8:  # data.image_dtype="uint8": pixels
+      batch[k] = rng.integers(0, 256, v.shape).astype(np.uint8)
     elif k == "image":
       batch[k] = rng.normal(size=v.shape).astype(np.float32)
   batch = train.to_global(batch, setup.batch_sharding)

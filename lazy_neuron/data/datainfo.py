@@ -10,6 +10,7 @@ class DataInfo:
   vocab_size: int | None = None  # text: total, sentinels included (the last ids)
   num_classes: int | None = None
   image_shape: tuple[int, ...] | None = None  # HWC for images, (D,) for gaussian
+  image_dtype: str = "float32"  # "uint8": raw pixels, normalised to [-1, 1] by the model
   inputs_length: int | None = None
   targets_length: int | None = None
   pad_id: int = 0

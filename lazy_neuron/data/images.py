@@ -108,8 +108,9 @@ def _draft(img, h, w, need_w, need_h):
 
 def preprocess(images, size: int, *, train: bool, augment: str, channels: int | None,
                crop_min_area: float = 0.05, eval_crop_fraction: float = 0.875,
-               seed: int = 0, index: np.ndarray | None = None) -> np.ndarray:
-  """uint8 [H, W, C] images or encoded (JPEG/PNG) bytes -> float32 [B, size, size, C'] in [-1, 1].
+               seed: int = 0, index: np.ndarray | None = None, dtype: str = "float32") -> np.ndarray:
+  """uint8 [H, W, C] images or encoded (JPEG/PNG) bytes -> float32 [B, size, size, C'] in [-1, 1]
+  (`dtype="uint8"`: the resized pixels, unnormalised).
 
   Encoded JPEGs are decoded with PIL's `draft` (DCT-domain downscaling to the smallest 1/2^k scale that
   still covers the output resolution), then cropped and resized in one `resize(box=...)`.
@@ -118,7 +119,8 @@ def preprocess(images, size: int, *, train: bool, augment: str, channels: int | 
 
   n = len(images)
   u = pipeline.random_uniform(seed, _AUG, index if index is not None else np.arange(n), 41) if train else None
-  out = np.empty((n, size, size, channels), np.float32) if channels else None
+  raw = dtype == "uint8"
+  out = np.empty((n, size, size, channels), np.uint8 if raw else np.float32) if channels else None
   rows = []
   for i, item in enumerate(images):
     img, h, w, encoded = _load(item)
@@ -151,12 +153,16 @@ def preprocess(images, size: int, *, train: bool, augment: str, channels: int | 
     x = x[..., None] if x.ndim == 2 else x
     if channels is not None and x.shape[-1] != channels:
       x = np.repeat(x, channels, axis=-1) if x.shape[-1] == 1 else x[..., :channels]
-    if out is not None:  # normalise image by image, straight into the batch (cache-hot, one pass)
+    if out is not None and raw:
+      out[i] = x
+    elif out is not None:  # normalise image by image, straight into the batch (cache-hot, one pass)
       np.multiply(x, np.float32(2.0 / 255.0), out=out[i], dtype=np.float32)
       out[i] -= 1.0
     else:
       rows.append(x)
-  return out if out is not None else normalize(np.stack(rows))
+  if out is not None:
+    return out
+  return np.stack(rows) if raw else normalize(np.stack(rows))
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -272,7 +278,7 @@ class TfdsImageSource:
     size = int(self.cfg["image_size"])
     return DataInfo(task="classification", num_classes=self.num_classes,
                     image_shape=(size, size, self.channels), num_train_examples=self.num_train,
-                    num_eval_examples=self.num_eval)
+                    num_eval_examples=self.num_eval, image_dtype=self.cfg["image_dtype"])
 
   def _batch(self, split, index, records, seed):
     cfg = self.cfg
@@ -289,7 +295,7 @@ class TfdsImageSource:
     images = preprocess([e[cfg["image_key"]] for e in examples], int(cfg["image_size"]), train=train,
                         augment=cfg["augment"], channels=self.channels,
                         crop_min_area=cfg["crop_min_area"], eval_crop_fraction=cfg["eval_crop_fraction"],
-                        seed=seed, index=index)
+                        seed=seed, index=index, dtype=cfg["image_dtype"])
     labels = np.asarray([int(e[cfg["label_key"]]) for e in examples], np.int32)
     if train:
       labels = noisy_labels(labels, np.asarray(records), self.num_classes, cfg)

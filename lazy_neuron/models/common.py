@@ -58,6 +58,14 @@ class RMSNorm(nn.Module):
     return y * jnp.asarray(scale, self.dtype)
 
 
+def image_input(image: jax.Array, dtype) -> jax.Array:
+  """Model input: uint8 pixels are normalised to [-1, 1] here, on the device (as the host pipeline
+  does for float32 batches: x * 2/255 - 1 in float32); float inputs are used as they are."""
+  if image.dtype == jnp.uint8:
+    image = image.astype(jnp.float32) * jnp.float32(2.0 / 255.0) - jnp.float32(1.0)
+  return image.astype(dtype)
+
+
 def patch_embed(image: jax.Array, width: int, patch_size: int, dtype, name: str) -> jax.Array:
   """[B, H, W, C] -> [B, H/p * W/p, width] by a stride-p convolution (ViT / Mixer stem).
 
@@ -67,7 +75,7 @@ def patch_embed(image: jax.Array, width: int, patch_size: int, dtype, name: str)
               kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
                                                        (None, None, None, "embed")),
               bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-              name=name)(image.astype(dtype))
+              name=name)(image_input(image, dtype))
   b, h, w, d = x.shape
   return x.reshape(b, h * w, d)
 

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lazy_neuron.models.common import MlpSettings
+from lazy_neuron.models.common import MlpSettings, image_input
 from lazy_neuron.models.mlp import MlpBlock
 
 VARIANTS = {
@@ -28,7 +28,7 @@ class TwoLayerMLP(nn.Module):
 
   @nn.compact
   def __call__(self, image, example_mask: Optional[jax.Array] = None, deterministic: bool = True):
-    x = image.reshape(image.shape[0], -1).astype(self.dtype)
+    x = image_input(image.reshape(image.shape[0], -1), self.dtype)
     # The block lives at mlp/layer_00, so its metric name is mlp/layer_00.
     y = _Layers(self.num_classes, self.cfg, self.mlp, self.dtype, name="mlp")(
         x, example_mask, deterministic)
