@@ -141,8 +141,9 @@ def _tune_candidates(d):
   if d >= 8192:
     return [dict(num_warps=w, chunk=c, reload_x=True) for w in (4, 8, 16) for c in (2048, 4096)]
   chunks = (1024, 2048) if d > 1024 else (1024,)
+  warps = (1, 2, 4) if d > 2048 else (1, 2)  # 4 warps won at D = 4096 (second H200 sweep)
   return [dict(num_warps=w, chunk=c, bracket=b, reload_x=False)
-          for w in (1, 2) for c in chunks for b in ("minmax", "full")]
+          for w in warps for c in chunks for b in ("minmax", "full")]
 
 
 def _fmt(v):

@@ -67,13 +67,15 @@ def _kernel(x_ref, y_ref, t_ref, cut_ref, *, k, t_rows, d, rows, chunk, n_interp
 # N(0, 1) rows; docs/bench/topk_h200.json), keyed by (D, dtype name). Other shapes use the rule below,
 # which interpolates these. Tie cut (search.py): "auto" (min-reductions for a few ties) measured
 # 0.527 vs 0.544 ms for "cumsum" at D = 3072 bf16 and 0.783 vs 0.824 at 4096, but 0.197 vs 0.173 at
-# D = 1024, where the smaller program keeps "cumsum" (docs/bench/topk_tie_h200.json).
+# D = 1024, where the smaller program keeps "cumsum" (docs/bench/topk_tie_h200.json). A second
+# launch sweep with tie="auto" (docs/bench/topk_launch_sweep_h200_v2.json) kept D = 3072 at 2 warps
+# and moved D = 4096 bf16 to 4 warps.
 TUNED: dict = {
     (1024, "bfloat16"): dict(num_warps=1, chunk=1024, tie="cumsum"),
     (1024, "float32"): dict(num_warps=1, chunk=1024, tie="cumsum"),
     (3072, "bfloat16"): dict(num_warps=2, chunk=1024),
     (3072, "float32"): dict(num_warps=1, chunk=1024),
-    (4096, "bfloat16"): dict(num_warps=2, chunk=2048),
+    (4096, "bfloat16"): dict(num_warps=4, chunk=2048),  # 0.714 vs 0.782 ms at 2 warps (v2 sweep)
     (4096, "float32"): dict(num_warps=2, chunk=2048),
     (16384, "bfloat16"): dict(num_warps=4, chunk=4096, reload_x=True),
     (16384, "float32"): dict(num_warps=4, chunk=4096, reload_x=True),
