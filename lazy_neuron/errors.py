@@ -15,3 +15,11 @@ class UserError(ValueError):
 
 
 EXIT_USAGE = 2
+
+
+def report(e: UserError) -> int:
+  """Prints the CLI's one error line for `e` to stderr; returns the exit code (2)."""
+  import sys
+
+  print(f"lazy-neuron: error: {e}", file=sys.stderr)
+  return EXIT_USAGE

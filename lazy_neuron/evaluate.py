@@ -15,7 +15,8 @@ import ml_collections
 from etils import epath
 
 from lazy_neuron import checkpointing, train
-from lazy_neuron.errors import EXIT_USAGE, UserError
+from lazy_neuron.errors import UserError
+from lazy_neuron import errors
 
 
 def _config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
@@ -72,8 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       config = train.load_config(flags.config, flags.overrides)
     run(config, workdir)
   except UserError as e:
-    print(f"lazy-neuron: error: {e}", file=sys.stderr)
-    return EXIT_USAGE
+    return errors.report(e)
   return 0
 
 

@@ -13,7 +13,6 @@ import time
 from typing import Any, Mapping
 
 import jax
-import numpy as np
 from etils import epath
 
 

@@ -20,7 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from lazy_neuron import results
-from lazy_neuron.errors import EXIT_USAGE, UserError
+from lazy_neuron.errors import UserError
+from lazy_neuron import errors
 from lazy_neuron.results import LAZY_FIRING_RATE, Run
 
 INIT_NONZERO_PCT = 50.0  # a ReLU of zero-mean pre-activations fires half the time (PAPER.md)
@@ -423,8 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = results.load_runs(args.workdirs)  # all read and checked before anything is written
     _check_out(args.out)
   except UserError as e:
-    print(f"lazy-neuron: error: {e}", file=sys.stderr)
-    return EXIT_USAGE
+    return errors.report(e)
   except SystemExit as e:  # --help
     return int(e.code or 0)
   print(write_report(runs, args.out))

@@ -25,8 +25,8 @@ from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lazy_neuron import checkpointing, config_lib, data, distributed, metrics, optim, partitioning
-from lazy_neuron import sparsity, tasks
-from lazy_neuron.errors import EXIT_USAGE, UserError
+from lazy_neuron import errors, sparsity, tasks
+from lazy_neuron.errors import UserError
 from lazy_neuron.models import SPARSITY, Model, build_model, dummy_batch
 
 # Keys that may change between a run and its resumption (they do not change what is computed).
@@ -575,13 +575,13 @@ def _train(config, workdir, setup, stream, stop_after, stop_requests) -> dict[st
     for st, values, t in pending.flush(block=True):
       write(st, values, t)
   except TrainingDivergedError as e:
-    train_iter.close()
     ckpt.close()  # in-flight saves finish: each was checked finite before it started
     good = ckpt.latest_step()
     e.last_checkpoint = os.fspath(wd / "checkpoints" / str(good)) if good is not None else None
     e.args = (e.message(),)
     raise
-  train_iter.close()
+  finally:
+    train_iter.close()  # grain's workers and their shared memory, on every way out
   ckpt.close()
   if signum is not None:
     print(f"stopped by {signal.Signals(signum).name} after step {step}: checkpoint "
@@ -692,8 +692,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = load_config(flags.config, flags.overrides)
     train_and_evaluate(config, flags.workdir)
   except UserError as e:
-    print(f"lazy-neuron: error: {e}", file=sys.stderr)
-    return EXIT_USAGE
+    return errors.report(e)
   except TrainingDivergedError as e:
     print(f"lazy-neuron: error: {e.message()}", file=sys.stderr)
     return EXIT_DIVERGED

@@ -244,6 +244,27 @@ def test_workers_do_not_change_the_stream(digits_cfg):
   assert _equal([next(resumed) for _ in range(2)], want[3:])
 
 
+def test_thread_buffer_and_worker_count_options(digits_cfg, monkeypatch):
+  """Threads get a buffer of at least one batch each (a smaller one idles them); num_workers=-1 is
+  one worker per usable core; each worker keeps at least 2 batches ready."""
+  import grain
+
+  from lazy_neuron.data import pipeline
+
+  seen = {}
+  real_read, real_mp = grain.ReadOptions, grain.MultiprocessingOptions
+  monkeypatch.setattr(grain, "ReadOptions", lambda **kw: seen.setdefault("read", kw) and real_read(**kw))
+  monkeypatch.setattr(grain, "MultiprocessingOptions",
+                      lambda **kw: seen.setdefault("mp", kw) and real_mp(**kw))
+  cfg = resolved(digits_cfg)
+  it = data.build({**cfg, "num_threads": 8, "prefetch": 2}, split="train", batch_size=32, seed=2)
+  it.close()
+  assert seen["read"] == {"num_threads": 8, "prefetch_buffer_size": 8}
+  it = data.build({**cfg, "num_workers": -1, "prefetch": 4}, split="train", batch_size=32, seed=2)
+  it.close()
+  assert seen["mp"] == {"num_workers": pipeline.usable_cores(), "per_worker_buffer_size": 2}
+
+
 def test_jpeg_bytes_decode_with_draft():
   from PIL import Image
 

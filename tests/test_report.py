@@ -126,6 +126,18 @@ def test_gs_without_gcsfs_is_a_user_error():
   assert "\n" not in str(e.value)
 
 
+def test_unreachable_remote_path_is_a_user_error():
+  class Remote:  # a remote filesystem's own error, as tf.io.gfile or gcsfs raise it offline
+    def __fspath__(self):
+      return "gs://bucket/run"
+
+    def exists(self):
+      raise OSError("Could not resolve host: storage.googleapis.com\nmore")
+
+  with pytest.raises(UserError, match=r"cannot reach gs://bucket/run \(OSError: Could not resolve host"):
+    results.exists(Remote())
+
+
 def test_unique_names():
   assert results.unique_names(["/a/x/t5", "/b/x/t5", "/c/vit"]) == ["a/x/t5", "b/x/t5", "vit"]
   assert results.unique_names(["gs://b/r/t5", "gs://b/r/t5"]) == ["gs://b/r/t5#0", "gs://b/r/t5#1"]

@@ -36,11 +36,9 @@ def hardware() -> dict:
           break
   except OSError:
     pass
-  try:
-    usable = len(os.sched_getaffinity(0))
-  except AttributeError:
-    usable = os.cpu_count()
-  return {"cpu_model": model, "cpu_count": os.cpu_count(), "cpus_usable": usable,
+  from lazy_neuron.data.pipeline import usable_cores
+
+  return {"cpu_model": model, "cpu_count": os.cpu_count(), "cpus_usable": usable_cores(),
           "python": sys.version.split()[0], "platform": platform.platform()}
 
 
@@ -208,8 +206,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       workers=w, warmup=args.warmup, batches=batches, image_dtype=args.image_dtype)
     r["images_per_s_per_core"] = r["images_per_s"] / min(cpus, max(w, threads if not w else w))
     result["pipeline"].append(r)
-  print(f"\n{hw['cpu_model']}, {cpus} usable cores; batch {args.batch_size}, {args.image_size}x{args.image_size}, "
-        + ("float32 [-1, 1]" if args.image_dtype == "float32" else "uint8 pixels"))
+  kind = "float32 [-1, 1]" if args.image_dtype == "float32" else "uint8 pixels"
+  print(f"\n{hw['cpu_model']}, {cpus} usable cores; batch {args.batch_size}, "
+        f"{args.image_size}x{args.image_size}, {kind}")
   if result["decode"]:
     d = result["decode"][0]
     print(f"JPEGs: mean {d['mean_jpeg_bytes'] / 1e3:.0f} kB, {d['mean_pixels'] / 1e3:.0f} kpixels")

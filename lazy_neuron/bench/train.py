@@ -31,7 +31,8 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from lazy_neuron.errors import EXIT_USAGE, UserError
+from lazy_neuron.errors import UserError
+from lazy_neuron import errors
 
 
 def _variant_overrides(name: str) -> list[str]:
@@ -172,8 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       rows.append({"variant": name, **time_variant(config, args.warmup, args.steps, info,
                                                              pipeline_warmup)})
   except UserError as e:
-    print(f"lazy-neuron: error: {e}", file=sys.stderr)
-    return EXIT_USAGE
+    return errors.report(e)
   base = rows[0]["step_ms"]
   device = jax.devices()[0]
   print(f"config {args.config} {' '.join(overrides)} on {len(jax.devices())} x "

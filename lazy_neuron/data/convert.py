@@ -27,7 +27,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional, Sequence
 
-from lazy_neuron.errors import EXIT_USAGE, UserError
+from lazy_neuron.errors import UserError
+from lazy_neuron import errors
 
 _CRC_TABLE = None
 
@@ -61,17 +62,12 @@ def masked_crc(data: bytes, crc_fn=_crc32c_py) -> int:
   return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def _open(path: str, mode: str):
-  if "://" in path:
-    from etils import epath
-    return epath.Path(path).open(mode)
-  return open(path, mode)
-
-
 def read_tfrecords(path: str) -> Iterator[bytes]:
   """The records of one TFRecord file; a torn or corrupt file is a UserError naming it."""
   data_crc = _fast_crc32c()
-  with _open(path, "rb") as f:
+  from etils import epath
+
+  with epath.Path(path).open("rb") as f:
     n = 0
     while True:
       header = f.read(12)
@@ -94,8 +90,10 @@ def read_tfrecords(path: str) -> Iterator[bytes]:
 
 def write_tfrecords(path: str, records) -> None:
   """TFRecord framing with masked CRC32C (tests, and data for tools that read TFRecord)."""
+  from etils import epath
+
   crc = _fast_crc32c() or _crc32c_py
-  with _open(path, "wb") as f:
+  with epath.Path(path).open("wb") as f:
     for r in records:
       header = struct.pack("<Q", len(r))
       f.write(header + struct.pack("<I", masked_crc(header, crc)) + r
@@ -230,8 +228,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       raise UserError(f"--workers={args.workers} is not valid; use an integer >= 1")
     convert(args.dataset, args.data_dir, args.out_dir, workers=args.workers)
   except UserError as e:
-    print(f"lazy-neuron: error: {e}", file=sys.stderr)
-    return EXIT_USAGE
+    return errors.report(e)
   return 0
 
 

@@ -202,7 +202,8 @@ class TfdsImageSource:
       data_dir = self.cfg["data_dir"]
       if data_dir and "://" not in data_dir and not os.path.isdir(os.path.expanduser(data_dir)):
         raise UserError(f"data.data_dir={data_dir!r} does not exist (data.dataset={self.name!r}); give "
-                        f"the TFDS data dir that holds {self.name.split(':')[0]}/<version>/ (local or gs://)")
+                        f"the TFDS data dir that holds {self.name.split(':')[0]}/<version>/ "
+                        "(local or gs://)")
       try:
         self._builder = tfds.builder(self.name, data_dir=data_dir)
         info = self._builder.info
@@ -213,8 +214,9 @@ class TfdsImageSource:
         where = data_dir or "the default TFDS data dir"
         raise UserError(
             f"data.dataset={self.name!r} is prepared as TFRecord in {where}; the image pipeline reads "
-            f"ArrayRecord (random access): convert it once with `lazy-neuron convert --dataset={self.name} "
-            f"--data_dir={data_dir or '~/tensorflow_datasets'} --out_dir=NEW_DIR` and set data.data_dir=NEW_DIR")
+            f"ArrayRecord (random access): convert it once with `lazy-neuron convert "
+            f"--dataset={self.name} --data_dir={data_dir or '~/tensorflow_datasets'} "
+            "--out_dir=NEW_DIR` and set data.data_dir=NEW_DIR")
       for key in (self.cfg["image_key"], self.cfg["label_key"]):
         if key not in info.features:
           raise UserError(f"data.{'image_key' if key == self.cfg['image_key'] else 'label_key'}={key!r} "

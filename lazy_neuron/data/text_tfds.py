@@ -12,7 +12,8 @@ Reading:
   TF-free. Train order: the documents of the split shuffled with the seed, reshuffled every epoch,
   process `p` of `P` takes documents `p, p + P, ...` of that order and packs its own windows.
 - TFRecord (what `tfds build` writes by default, and what TFDS's public `gs://tfds-data` bucket
-  holds): read with tf.data (needs the `tf` extra; or `lazy-neuron convert` it to ArrayRecord). Train order: the split's files permuted with (seed, epoch), process `p` reading files
+  holds): read with tf.data (needs the `tf` extra; or `lazy-neuron convert` it to ArrayRecord).
+  Train order: the split's files permuted with (seed, epoch), process `p` reading files
   `p, p + P, ...` in file order. Without TensorFlow it is a UserError saying what to do.
 
 State: the grain iterator state of the document stream, plus the packer's leftover tokens and window
@@ -252,8 +253,9 @@ class TfdsTextSource:
         raise UserError(
             f"data.dataset={self.name!r} is prepared as TFRecord in {b.data_dir}, which needs "
             "TensorFlow to read: `pip install -e '.[tf]'`, or convert it to ArrayRecord once with "
-            f"`lazy-neuron convert --dataset={self.name} --data_dir={self.cfg['data_dir'] or '~/tensorflow_datasets'} "
-            "--out_dir=NEW_DIR` and set data.data_dir=NEW_DIR") from None
+            f"`lazy-neuron convert --dataset={self.name} "
+            f"--data_dir={self.cfg['data_dir'] or '~/tensorflow_datasets'} --out_dir=NEW_DIR` and set "
+            "data.data_dir=NEW_DIR") from None
       try:
         instructions = b.info.splits[name].file_instructions
       except Exception as e:

@@ -28,6 +28,7 @@ import numpy as np
 
 from lazy_neuron.data import cache
 from lazy_neuron.errors import UserError
+from lazy_neuron import errors
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 BYTE_OFFSET = 3
@@ -217,8 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = os.path.abspath(os.path.expanduser(args.out))
     cache.atomic_write_bytes(out, proto)
   except UserError as e:
-    print(f"lazy-neuron: error: {e}", file=sys.stderr)
-    return 2
+    return errors.report(e)
   import sentencepiece as spm
 
   size = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()

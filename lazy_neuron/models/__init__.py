@@ -119,5 +119,6 @@ def dummy_batch(model: Model, data_info, batch_size: int) -> dict[str, np.ndarra
             "decoder_input_tokens": np.ones((batch_size, lt), np.int32),
             "decoder_target_tokens": np.ones((batch_size, lt), np.int32),
             "decoder_loss_weights": np.ones((batch_size, lt), np.float32)}
-  return {"image": np.zeros((batch_size, *data_info.image_shape), np.dtype(getattr(data_info, "image_dtype", "float32"))),
+  image_dtype = np.dtype(getattr(data_info, "image_dtype", "float32"))
+  return {"image": np.zeros((batch_size, *data_info.image_shape), image_dtype),
           "label": np.zeros((batch_size,), np.int32)}

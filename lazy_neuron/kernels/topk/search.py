@@ -22,7 +22,6 @@ import functools
 import math
 import statistics
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
