@@ -10,8 +10,9 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from typing import Any, Callable, Iterator
+
+from lazy_neuron import fileio
 
 try:
   import fcntl
@@ -29,28 +30,6 @@ def fingerprint(obj: Any, length: int = 16) -> str:
   """A short stable hash of a JSON-serialisable object."""
   blob = json.dumps(obj, sort_keys=True, default=str).encode()
   return hashlib.sha256(blob).hexdigest()[:length]
-
-
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-  """Calls `write(tmp_path)` and renames the result to `path` atomically."""
-  folder = os.path.dirname(path) or "."
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-  os.close(fd)
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    raise
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-  def write(tmp):
-    with open(tmp, "wb") as f:
-      f.write(data)
-  atomic_write(path, write)
 
 
 @contextlib.contextmanager
@@ -74,5 +53,5 @@ def cached(path: str, build: Callable[[str], None]) -> str:
     return path
   with locked(path):
     if not os.path.exists(path):  # another process may have built it while we waited
-      atomic_write(path, build)
+      fileio.write_local_atomic(path, build)
   return path

@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from lazy_neuron import fileio
 from lazy_neuron.data import cache
 from lazy_neuron.errors import UserError
 from lazy_neuron import errors
@@ -216,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           texts.append(fh.read())
     proto = train_sentencepiece(texts, args.vocab_size, model_type=args.model_type, max_bytes=args.max_bytes)
     out = os.path.abspath(os.path.expanduser(args.out))
-    cache.atomic_write_bytes(out, proto)
+    fileio.write_atomic(out, proto)
   except UserError as e:
     return errors.report(e)
   import sentencepiece as spm
