@@ -30,20 +30,6 @@ def _unknown_key(key, value) -> UserError:
                      f"it is not an optimizer key; use one of {', '.join(sorted(default_config()))}")
 
 
-def _fraction(name: str, value, *, none_ok: bool = False):
-  """A number in [0, 1): checks.number has inclusive bounds only (a decay of 1 never forgets)."""
-  valid = "use a finite number >= 0 and < 1" + (" or None" if none_ok else "")
-  if value is None and none_ok:
-    return None
-  try:
-    v = checks.number(name, value, min=0.0, max=1.0)
-  except UserError:
-    raise checks.fail(name, value, valid) from None
-  if v == 1.0:
-    raise checks.fail(name, value, valid)
-  return v
-
-
 def validate(opt, total_steps: int) -> None:
   """Raises UserError (one line) for any bad key or value of config.optimizer; cheap.
 
@@ -60,12 +46,12 @@ def validate(opt, total_steps: int) -> None:
   checks.integer("optimizer.warmup_steps", opt.warmup_steps, min=0,
                  max=checks.MAX_STEPS if opt.schedule == "rsqrt" else total_steps)
   checks.number("optimizer.end_lr_frac", opt.end_lr_frac, min=0.0, max=1.0)
-  _fraction("optimizer.b1", opt.b1)
-  _fraction("optimizer.b2", opt.b2)
+  checks.fraction("optimizer.b1", opt.b1)
+  checks.fraction("optimizer.b2", opt.b2)
   checks.number("optimizer.eps", opt.eps, min=0.0, min_exclusive=True)
   checks.number("optimizer.weight_decay", opt.weight_decay, min=0.0)
   checks.number("optimizer.grad_clip_norm", opt.grad_clip_norm, min=0.0, none_ok=True)
-  _fraction("optimizer.momentum", opt.momentum, none_ok=True)
+  checks.fraction("optimizer.momentum", opt.momentum, none_ok=True)
   checks.number("optimizer.decay_rate", opt.decay_rate, min=0.0, max=1.0, min_exclusive=True)
   checks.number("optimizer.clipping_threshold", opt.clipping_threshold, min=0.0,
                 min_exclusive=True, none_ok=True)

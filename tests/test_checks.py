@@ -28,6 +28,13 @@ INF, NAN = float("inf"), float("nan")
     (lambda: checks.number("x", False), "x=False is not valid; use a finite number"),
     (lambda: checks.number("x", "1"), "x='1' is not valid; use a finite number"),
     (lambda: checks.number("x", None, none_ok=False), "x=None is not valid; use a finite number"),
+    (lambda: checks.fraction("p", 1.0), "p=1.0 is not valid; use a finite number >= 0 and < 1"),
+    (lambda: checks.fraction("p", -0.1), "p=-0.1 is not valid; use a finite number >= 0 and < 1"),
+    (lambda: checks.fraction("p", 0, min_exclusive=True),
+     "p=0 is not valid; use a finite number > 0 and < 1"),
+    (lambda: checks.fraction("p", NAN, none_ok=True),
+     "p=nan is not valid; use a finite number >= 0 and < 1 or None"),
+    (lambda: checks.fraction("p", True), "p=True is not valid; use a finite number >= 0 and < 1"),
     (lambda: checks.boolean("b", 1), "b=1 is not valid; use true or false"),
     (lambda: checks.boolean("b", "true"), "b='true' is not valid; use true or false"),
     (lambda: checks.choice("c", "d", ("a", "b")), "c='d' is not valid; choose one of a, b"),
@@ -54,6 +61,8 @@ def test_accepted_values_come_back_converted():
   assert checks.number("x", 1, min=0, max=1) == 1.0 and type(checks.number("x", 1)) is float
   assert checks.number("x", np.float32(0.5), min=0, min_exclusive=True) == 0.5
   assert checks.number("x", None, none_ok=True) is None
+  assert checks.fraction("p", 0) == 0.0 and checks.fraction("p", 0.999, min_exclusive=True) == 0.999
+  assert checks.fraction("p", None, none_ok=True) is None
   assert checks.boolean("b", False) is False
   assert checks.choice("c", 3, (1, 3)) == 3
   assert checks.string("s", "", empty_ok=True) == ""

@@ -61,11 +61,6 @@ def _to_pil(image: np.ndarray):
   return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
 
 
-def _from_pil(img, channels_in: int) -> np.ndarray:
-  x = np.asarray(img)
-  return x[..., None] if x.ndim == 2 else x
-
-
 def _inception_crop(h, w, u, min_area):
   """(top, left, height, width) of a random crop; u: 4 uniforms per attempt."""
   area = h * w
