@@ -63,6 +63,22 @@ def number(name: str, value: Any, *, min: Optional[float] = None, max: Optional[
   return float(value)
 
 
+def fraction(name: str, value: Any, *, min_exclusive: bool = False,
+             none_ok: bool = False) -> Optional[float]:
+  """A finite number in [0, 1) ((0, 1) if `min_exclusive`): a probability or decay rate that must
+  stay below 1 (`number` has inclusive upper bounds only)."""
+  if value is None and none_ok:
+    return None
+  ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+  if ok:
+    v = float(value)
+    ok = (v > 0 if min_exclusive else v >= 0) and v < 1
+  if not ok:
+    raise fail(name, value, f"use a finite number {'> 0' if min_exclusive else '>= 0'} and < 1"
+                            f"{' or None' if none_ok else ''}")
+  return float(value)
+
+
 def boolean(name: str, value: Any) -> bool:
   if not isinstance(value, bool):
     raise fail(name, value, "use true or false")

@@ -1,4 +1,4 @@
-"""Multi-host runtime: start `jax.distributed` from flags, environment, SLURM or a TPU pod.
+"""Multi-host runtime: start `jax.distributed` from flags, the environment, or the cluster.
 
 Every process of a multi-host job calls `initialize(...)` once, before any JAX call that touches
 devices. Where the settings come from, first match wins:
@@ -6,65 +6,73 @@ devices. Where the settings come from, first match wins:
 1. flags: `coordinator_address`, `num_processes`, `process_id` (the trainer's `--coordinator_address`,
    `--num_processes`, `--process_id`), field by field over
 2. environment: `LAZY_NEURON_COORDINATOR_ADDRESS`, `LAZY_NEURON_NUM_PROCESSES`, `LAZY_NEURON_PROCESS_ID`
-   (and `LAZY_NEURON_LOCAL_DEVICE_IDS`). Fields that 1 and 2 leave open are filled from SLURM when
-   inside a SLURM step, and are an error otherwise;
-3. SLURM: inside `srun` with more than one task (coordinator = first host of the step's node list,
-   port from the job id or `LAZY_NEURON_COORDINATOR_PORT`);
-4. a Cloud TPU VM or pod: `jax.distributed.initialize()` with no arguments; JAX reads the topology from
-   the TPU metadata server, so every worker only has to run the same command;
-5. otherwise one process: nothing to start.
+   (and `LAZY_NEURON_LOCAL_DEVICE_IDS`). Fields that 1 and 2 leave open are detected by JAX when a
+   cluster is present (3), and are an error otherwise;
+3. a cluster that `jax.distributed.initialize()` detects by itself: a SLURM step of more than one
+   task, an Open MPI job of more than one rank, a Cloud TPU VM or pod. It is called with no
+   settings and JAX reads them from the cluster (`LAZY_NEURON_COORDINATOR_PORT`, when set, is the
+   coordinator's port);
+4. otherwise one process: nothing to start.
 
-`resolve(...)` does the resolution without touching JAX, so it can be tested anywhere.
+`resolve(...)` decides without touching JAX, so it can be tested anywhere.
 """
 from __future__ import annotations
 
 import dataclasses
 import glob
 import importlib.util
-import itertools
 import logging
 import os
 import re
 from typing import Mapping, Sequence
 
-from lazy_neuron.errors import UserError
+from lazy_neuron import checks
 
 ENV_COORDINATOR = "LAZY_NEURON_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "LAZY_NEURON_NUM_PROCESSES"
 ENV_PROCESS_ID = "LAZY_NEURON_PROCESS_ID"
 ENV_LOCAL_DEVICE_IDS = "LAZY_NEURON_LOCAL_DEVICE_IDS"
 ENV_COORDINATOR_PORT = "LAZY_NEURON_COORDINATOR_PORT"
+JAX_COORDINATOR_PORT = "JAX_COORDINATOR_PORT"  # the port override jax's cluster detection reads
 
-# Environment variables that only exist on Cloud TPU VMs / TPU pods (GKE, multislice, Borg-style).
+# Environment variables that only exist on Cloud TPU VMs / TPU pods (GKE, multislice).
 TPU_ENV_VARS = ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "TPU_WORKER_ID",
                 "CLOUD_TPU_TASK_ID", "MEGASCALE_COORDINATOR_ADDRESS", "MEGASCALE_NUM_SLICES")
 _GOOGLE_PCI_VENDOR = "0x1ae0"  # TPU chips show up as PCI devices of this vendor
+# What jax's SLURM detection reads; without all of them it detects nothing (not inside `srun`).
+_SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+               "SLURM_LOCALID")
 
-MODES = ("explicit", "slurm", "tpu", "single")
+MODES = ("explicit", "cluster", "single")
 
 
 @dataclasses.dataclass(frozen=True)
 class DistributedInfo:
-  """How this process joins the job. `mode` is one of MODES; `source` says where values came from."""
+  """How this process joins the job. `mode` is one of MODES; None fields are left to JAX's cluster
+  detection; `cluster` names the cluster seen ("slurm", "ompi", "tpu"), `source` the settings'."""
   mode: str
   coordinator_address: str | None = None
-  num_processes: int = 1
-  process_id: int = 0
+  num_processes: int | None = None
+  process_id: int | None = None
   local_device_ids: tuple[int, ...] | None = None
+  cluster: str | None = None
+  coordinator_port: int | None = None
   source: str = ""
 
   @property
   def is_multi_process(self) -> bool:
-    return self.mode in ("explicit", "slurm", "tpu")
+    return self.mode != "single"
 
   def describe(self) -> str:
     if self.mode == "single":
       return "single process (no jax.distributed)"
-    if self.mode == "tpu":
-      return "Cloud TPU: jax.distributed.initialize() reads the topology from the TPU runtime"
-    ids = "" if self.local_device_ids is None else f", local devices {list(self.local_device_ids)}"
-    return (f"process {self.process_id} of {self.num_processes}, coordinator "
-            f"{self.coordinator_address}{ids} (from {self.source})")
+    detected = "from JAX's detection of " + (self.cluster or "the cluster")
+    fields = [f"process {self.process_id if self.process_id is not None else '(detected)'} of "
+              f"{self.num_processes if self.num_processes is not None else '(detected)'}",
+              f"coordinator {self.coordinator_address or '(detected)'}"]
+    if self.local_device_ids is not None:
+      fields.append(f"local devices {list(self.local_device_ids)}")
+    return f"{', '.join(fields)} ({self.source or detected})"
 
 
 # ----------------------------------------------------------------------------- parsing helpers
@@ -77,23 +85,20 @@ def validate_address(address: str, what: str = "--coordinator_address") -> str:
   address = str(address).strip()
   host, sep, port = address.rpartition(":")
   ok = bool(sep) and bool(host) and _HOST_RE.match(host) is not None and port.isdigit()
-  if ok and not 1 <= int(port) <= 65535:
-    ok = False
-  if not ok:
-    raise UserError(f"{what}={address!r} is not valid; expected HOST:PORT with a port in 1..65535, "
-                    "e.g. 10.0.0.1:8476 or node01:8476")
+  if not ok or not 1 <= int(port) <= 65535:
+    raise checks.fail(what, address, "use HOST:PORT with a port in 1..65535, e.g. 10.0.0.1:8476 "
+                                     "or node01:8476")
   return address
 
 
-def _parse_int(value, what: str) -> int:
-  if isinstance(value, bool):
-    raise UserError(f"{what}={value!r} is not valid; expected an integer")
-  if isinstance(value, int):
-    return value
-  try:
-    return int(str(value).strip())
-  except ValueError:
-    raise UserError(f"{what}={value!r} is not valid; expected an integer") from None
+def _integer(value, what: str, **bounds) -> int:
+  """An int from a flag (int) or an environment variable (text), checked by `checks.integer`."""
+  if isinstance(value, str):
+    try:
+      value = int(value.strip())
+    except ValueError:
+      raise checks.fail(what, value, "use an integer") from None
+  return checks.integer(what, value, **bounds)
 
 
 def _parse_device_ids(value, what: str) -> tuple[int, ...] | None:
@@ -101,100 +106,18 @@ def _parse_device_ids(value, what: str) -> tuple[int, ...] | None:
     return None
   items = [value] if isinstance(value, int) else (
       str(value).split(",") if isinstance(value, str) else list(value))
-  ids = tuple(_parse_int(v, what) for v in items if str(v).strip() != "")
-  if not ids or any(i < 0 for i in ids):
-    raise UserError(f"{what}={value!r} is not valid; expected non-negative device ids, e.g. 0,1,2,3")
+  ids = tuple(_integer(v, what, min=0) for v in items if str(v).strip() != "")
+  if not ids:
+    raise checks.fail(what, value, "use non-negative device ids, e.g. 0,1,2,3")
   return ids
 
 
-def expand_nodelist(nodelist: str) -> list[str]:
-  """Expands a SLURM node list: 'node[01-03,07],gpu-a1' -> [node01, node02, node03, node07, gpu-a1].
-
-  Handles several bracket groups in one name ('rack[1-2]-n[1-2]') and keeps zero padding.
-  """
-  names = []
-  for item in _split_top_level(nodelist.strip()):
-    parts = re.split(r"(\[[^\]]*\])", item)
-    choices = []
-    for part in parts:
-      if part.startswith("[") and part.endswith("]"):
-        choices.append(_expand_range(part[1:-1], nodelist))
-      elif part:
-        if "[" in part or "]" in part:
-          raise UserError(f"SLURM node list {nodelist!r} is not valid; expected e.g. node[01-04,07],gpu1")
-        choices.append([part])
-    if choices:
-      names.extend("".join(c) for c in itertools.product(*choices))
-  if not names:
-    raise UserError(f"SLURM node list {nodelist!r} is empty; expected e.g. node[01-04,07]")
-  return names
-
-
-def _split_top_level(text: str) -> list[str]:
-  items, depth, start = [], 0, 0
-  for i, ch in enumerate(text):
-    depth += ch == "["
-    depth -= ch == "]"
-    if ch == "," and depth == 0:
-      items.append(text[start:i])
-      start = i + 1
-  items.append(text[start:])
-  return [s.strip() for s in items if s.strip()]
-
-
-def _expand_range(body: str, nodelist: str) -> list[str]:
-  out = []
-  for piece in body.split(","):
-    piece = piece.strip()
-    m = re.fullmatch(r"(\d+)(?:-(\d+))?", piece)
-    if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
-      raise UserError(f"SLURM node list {nodelist!r} has a bad range {piece!r}; expected e.g. 01-04")
-    lo, hi = m.group(1), m.group(2) or m.group(1)
-    width = len(lo)
-    out.extend(str(n).zfill(width) for n in range(int(lo), int(hi) + 1))
-  return out
-
-
-def _slurm_tasks_per_node(env: Mapping[str, str]) -> int:
-  """Largest number of tasks any node runs in this step ('4(x2),2' -> 4); 1 when unknown."""
-  for key in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE"):
-    if env.get(key):
-      counts = [int(m) for m in re.findall(r"(\d+)(?:\(x\d+\))?", env[key])]
-      if counts:
-        return max(counts)
-  return 1
-
-
-def _slurm(env: Mapping[str, str]) -> dict | None:
-  """SLURM settings when this process is one task of a multi-task `srun` step, else None."""
-  if "SLURM_PROCID" not in env or "SLURM_NTASKS" not in env:
-    return None
-  nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
-  if not nodelist:
-    return None
-  num = _parse_int(env.get("SLURM_STEP_NUM_TASKS", env["SLURM_NTASKS"]), "SLURM_NTASKS")
-  if num <= 1:
-    return None
-  if env.get(ENV_COORDINATOR_PORT):
-    port = _parse_int(env[ENV_COORDINATOR_PORT], ENV_COORDINATOR_PORT)
-  else:  # same rule on every task, so all agree without talking: a port in [61440, 65535]
-    port = 61440 + _parse_int(env.get("SLURM_JOB_ID", "0"), "SLURM_JOB_ID") % 4096
-  local_ids = None
-  # Several tasks on one node (one task per GPU): each takes the GPU of its local rank, unless SLURM
-  # already gave each task its own single visible GPU.
-  visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-  if _slurm_tasks_per_node(env) > 1 and "SLURM_LOCALID" in env and len(visible) != 1:
-    local_ids = (_parse_int(env["SLURM_LOCALID"], "SLURM_LOCALID"),)
-  return {
-      "coordinator_address": f"{expand_nodelist(nodelist)[0]}:{port}",
-      "num_processes": num,
-      "process_id": _parse_int(env["SLURM_PROCID"], "SLURM_PROCID"),
-      "local_device_ids": local_ids,
-  }
-
-
 def on_cloud_tpu(env: Mapping[str, str] | None = None, pci_root: str = "/sys/bus/pci/devices") -> bool:
-  """True on a Cloud TPU VM: TPU environment variables are set, or a Google TPU chip is attached."""
+  """True on a Cloud TPU VM: TPU environment variables are set, or a Google TPU chip is attached.
+
+  (A plain TPU VM sets no variables; jax reads its topology from the metadata server, which is too
+  slow to ask on every start, so the chip's PCI vendor tells cheaply that there is one to ask.)
+  """
   env = os.environ if env is None else env
   if any(env.get(k) for k in TPU_ENV_VARS):
     return True
@@ -210,6 +133,46 @@ def on_cloud_tpu(env: Mapping[str, str] | None = None, pci_root: str = "/sys/bus
   return False
 
 
+def detect_cluster(env: Mapping[str, str], on_tpu: bool | None = None) -> str | None:
+  """The multi-process cluster this process runs in, if any ("slurm", "ompi", "tpu"): only whether
+  one is present; `jax.distributed.initialize()` reads its settings. One task/rank is no cluster."""
+  if all(k in env for k in _SLURM_VARS) and _integer(env["SLURM_NTASKS"], "SLURM_NTASKS") > 1:
+    return "slurm"
+  if ("OMPI_MCA_orte_hnp_uri" in env and
+      _integer(env.get("OMPI_COMM_WORLD_SIZE", "1"), "OMPI_COMM_WORLD_SIZE") > 1):
+    return "ompi"
+  if on_tpu if on_tpu is not None else on_cloud_tpu(env):
+    return "tpu"
+  return None
+
+
+def _cluster_device_ids(env: Mapping[str, str], cluster: str | None) -> tuple[int, ...] | None:
+  """Local devices for a SLURM/MPI task that drives more than one GPU, else None (JAX's default).
+
+  JAX's SLURM and Open MPI detection assume one process per GPU and restrict each to the GPU of its
+  local rank (jax-ml/jax#16788). A task alone on its node (our SLURM launcher: one task per node),
+  or one given its own GPUs by SLURM (`--gpus-per-task`: CUDA_VISIBLE_DEVICES holds only those),
+  must see all of its visible GPUs instead.
+  """
+  if cluster not in ("slurm", "ompi"):
+    return None
+  visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+  if cluster == "ompi":
+    alone = env.get("OMPI_COMM_WORLD_LOCAL_SIZE") == "1"
+  else:
+    nodes = env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_NNODES")
+    alone = env.get("SLURM_NTASKS_PER_NODE") == "1" or (nodes is not None and
+                                                        env.get("SLURM_NTASKS") == nodes)
+  if not alone and len(visible) != 1:
+    return None
+  count = len(visible) or _integer(env.get("SLURM_GPUS_ON_NODE", "0"), "SLURM_GPUS_ON_NODE", min=0)
+  if not count:
+    logging.warning("%s: cannot tell how many GPUs this task has, so JAX will use only the GPU of "
+                    "its local rank; set %s (e.g. 0,1,2,3) to use more", cluster, ENV_LOCAL_DEVICE_IDS)
+    return None
+  return tuple(range(count))  # ordinals: CUDA numbers the visible devices from 0
+
+
 # ----------------------------------------------------------------------------- resolution (pure)
 
 def resolve(coordinator_address: str | None = None,
@@ -221,8 +184,8 @@ def resolve(coordinator_address: str | None = None,
   """Decides how this process joins the job; touches no JAX state. See the module docstring.
 
   `env` defaults to os.environ and `on_tpu` to `on_cloud_tpu(env)`; tests pass both.
-  Raises UserError for a malformed address, num_processes < 1, or process_id outside
-  [0, num_processes).
+  Raises UserError for a malformed address, num_processes < 1, process_id outside
+  [0, num_processes), or settings that are incomplete outside a cluster.
   """
   env = os.environ if env is None else env
   fields = {"coordinator_address": coordinator_address, "num_processes": num_processes,
@@ -239,51 +202,41 @@ def resolve(coordinator_address: str | None = None,
     elif env.get(env_name, "").strip():
       given[key], origin[key] = env[env_name].strip(), env_name
 
-  slurm = _slurm(env)
-  explicit = {k: v for k, v in given.items() if k != "local_device_ids"}
+  num = pid = None
+  if "num_processes" in given:
+    num = _integer(given["num_processes"], origin["num_processes"], min=1)
+  if "process_id" in given:
+    pid = _integer(given["process_id"], origin["process_id"], min=0,
+                   max=None if num is None else num - 1)
+  address = None
+  if "coordinator_address" in given:
+    address = validate_address(given["coordinator_address"], origin["coordinator_address"])
+  ids = _parse_device_ids(given.get("local_device_ids"),
+                          origin.get("local_device_ids", "--local_device_ids"))
+  port = None
+  if env.get(ENV_COORDINATOR_PORT, "").strip():
+    port = _integer(env[ENV_COORDINATOR_PORT], ENV_COORDINATOR_PORT, min=1, max=65535)
+  source = ", ".join(sorted({origin[k] for k in given}))
+  explicit = [k for k in given if k != "local_device_ids"]
+
+  if explicit and num == 1 and pid in (None, 0):
+    return DistributedInfo(mode="single", num_processes=1, process_id=0, source=source)
+  cluster = detect_cluster(env, on_tpu)
   if explicit:
-    merged = dict(given)
-    for key in ("coordinator_address", "num_processes", "process_id", "local_device_ids"):
-      if key not in merged and slurm is not None and slurm[key] is not None:
-        merged[key], origin[key] = slurm[key], "SLURM"
-    num = _parse_int(merged["num_processes"], origin["num_processes"]) \
-        if "num_processes" in merged else None
-    if num is not None and num < 1:
-      raise UserError(f"{origin['num_processes']}={num} is not valid; expected a number of processes >= 1")
-    pid = _parse_int(merged["process_id"], origin["process_id"]) if "process_id" in merged else None
-    if num is not None and pid is not None and not 0 <= pid < num:
-      raise UserError(f"{origin['process_id']}={pid} is not valid; with {num} processes it must be in "
-                      f"0..{num - 1}")
-    if num == 1 and pid in (None, 0):
-      return DistributedInfo(mode="single", source=", ".join(sorted(set(origin.values()))))
     missing = [names[k][0] for k in ("coordinator_address", "num_processes", "process_id")
-               if k not in merged]
-    if missing:
-      have = ", ".join(f"{origin[k]}" for k in explicit)
-      raise UserError(f"multi-process settings are incomplete: {have} given but {', '.join(missing)} "
-                      f"missing; pass all three (or the {ENV_COORDINATOR}/{ENV_NUM_PROCESSES}/"
-                      f"{ENV_PROCESS_ID} variables), or run under srun or on a TPU pod")
-    address = validate_address(merged["coordinator_address"], origin["coordinator_address"])
-    ids = _parse_device_ids(merged.get("local_device_ids"), origin.get("local_device_ids",
-                                                                       "--local_device_ids"))
+               if k not in given]
+    if missing and cluster is None:
+      raise checks.fail(origin[explicit[0]], given[explicit[0]],
+                        f"multi-process settings are incomplete: {', '.join(missing)} missing; "
+                        f"pass all three (or the {ENV_COORDINATOR}/{ENV_NUM_PROCESSES}/"
+                        f"{ENV_PROCESS_ID} variables), or run under srun, mpirun or on a TPU pod")
     return DistributedInfo(mode="explicit", coordinator_address=address, num_processes=num,
-                           process_id=pid, local_device_ids=ids,
-                           source=", ".join(sorted(set(origin.values()))))
-
-  if slurm is not None:
-    ids = slurm["local_device_ids"]
-    if "local_device_ids" in given:
-      ids = _parse_device_ids(given["local_device_ids"], origin["local_device_ids"])
-    if not 0 <= slurm["process_id"] < slurm["num_processes"]:
-      raise UserError(f"SLURM_PROCID={slurm['process_id']} is not valid; with SLURM_NTASKS="
-                      f"{slurm['num_processes']} it must be in 0..{slurm['num_processes'] - 1}")
-    return DistributedInfo(mode="slurm", coordinator_address=validate_address(
-        slurm["coordinator_address"], "SLURM coordinator"), num_processes=slurm["num_processes"],
-                           process_id=slurm["process_id"], local_device_ids=ids, source="SLURM")
-
-  if on_tpu if on_tpu is not None else on_cloud_tpu(env):
-    return DistributedInfo(mode="tpu", source="Cloud TPU")
-  return DistributedInfo(mode="single", source="default")
+                           process_id=pid, local_device_ids=ids or _cluster_device_ids(env, cluster),
+                           cluster=cluster, coordinator_port=port, source=source)
+  if cluster is not None:
+    return DistributedInfo(mode="cluster", local_device_ids=ids or _cluster_device_ids(env, cluster),
+                           cluster=cluster, coordinator_port=port, source=source)
+  return DistributedInfo(mode="single", num_processes=1, process_id=0, source=source or "default")
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -312,18 +265,20 @@ def initialize(coordinator_address: str | None = None,
   if jax.distributed.is_initialized():  # someone (a notebook, a test harness) already did it
     _INFO = info
     return info
-  if info.mode == "tpu":
-    if not _libtpu_installed():
-      logging.warning("This looks like a Cloud TPU VM but libtpu is not installed, so JAX will run on "
-                      "the CPU; install the project with pip install -e '.[tpu]'.")
-      info = DistributedInfo(mode="single", source="Cloud TPU without libtpu")
-    else:
-      jax.distributed.initialize()
-  elif info.mode in ("explicit", "slurm"):
-    jax.distributed.initialize(
-        coordinator_address=info.coordinator_address, num_processes=info.num_processes,
-        process_id=info.process_id,
-        local_device_ids=list(info.local_device_ids) if info.local_device_ids is not None else None)
+  if info.mode == "cluster" and info.cluster == "tpu" and not _libtpu_installed():
+    logging.warning("This looks like a Cloud TPU VM but libtpu is not installed, so JAX will run on "
+                    "the CPU; install the project with pip install -e '.[tpu]'.")
+    info = DistributedInfo(mode="single", num_processes=1, process_id=0,
+                           source="Cloud TPU without libtpu")
+  if info.mode != "single":
+    if info.coordinator_port is not None and JAX_COORDINATOR_PORT not in os.environ:
+      os.environ[JAX_COORDINATOR_PORT] = str(info.coordinator_port)
+    settings = {"coordinator_address": info.coordinator_address,
+                "num_processes": info.num_processes, "process_id": info.process_id,
+                "local_device_ids": None if info.local_device_ids is None
+                else list(info.local_device_ids)}
+    # Only what was decided here; JAX detects the rest from the cluster.
+    jax.distributed.initialize(**{k: v for k, v in settings.items() if v is not None})
   logging.info("jax.distributed: %s", info.describe())
   _INFO = info
   return info

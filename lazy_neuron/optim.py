@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from lazy_neuron import checks
 from lazy_neuron.errors import UserError
 
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
@@ -19,24 +20,42 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
       decay_rate=0.8, clipping_threshold=1.0, multiply_by_parameter_scale=True))
   for k, v in overrides.items():
     if k not in c:
-      raise UserError(f"unknown optimizer key {k!r}; valid: {', '.join(sorted(c))}")
+      raise _unknown_key(k, v)
     c[k] = v
   return c
 
 
+def _unknown_key(key, value) -> UserError:
+  return checks.fail(f"optimizer.{key}", value,
+                     f"it is not an optimizer key; use one of {', '.join(sorted(default_config()))}")
+
+
 def validate(opt, total_steps: int) -> None:
-  if opt.name not in OPTIMIZERS:
-    raise UserError(f"optimizer.name={opt.name!r} is not valid; choose one of {', '.join(OPTIMIZERS)}")
-  if opt.schedule not in SCHEDULES:
-    raise UserError(f"optimizer.schedule={opt.schedule!r} is not valid; choose one of "
-                    f"{', '.join(SCHEDULES)}")
-  if not opt.learning_rate > 0:
-    raise UserError(f"optimizer.learning_rate={opt.learning_rate} is not valid; use a value > 0")
-  if opt.warmup_steps < 0 or (opt.schedule != "rsqrt" and opt.warmup_steps > total_steps):
-    raise UserError(f"optimizer.warmup_steps={opt.warmup_steps} is not valid; use 0..total_steps "
-                    f"({total_steps})")
-  if opt.weight_decay < 0:
-    raise UserError(f"optimizer.weight_decay={opt.weight_decay} is not valid; use a value >= 0")
+  """Raises UserError (one line) for any bad key or value of config.optimizer; cheap.
+
+  Every key is checked whichever optimizer is chosen, so a typo never waits for a later switch.
+  """
+  total_steps = checks.integer("total_steps", total_steps, min=1, max=checks.MAX_STEPS)
+  unknown = sorted(set(opt) - set(default_config()))
+  if unknown:
+    raise _unknown_key(unknown[0], opt[unknown[0]])
+  checks.choice("optimizer.name", opt.name, OPTIMIZERS)
+  checks.choice("optimizer.schedule", opt.schedule, SCHEDULES)
+  checks.number("optimizer.learning_rate", opt.learning_rate, min=0.0, min_exclusive=True)
+  # rsqrt keeps the rate constant for warmup_steps and decays after; it may outlast the run.
+  checks.integer("optimizer.warmup_steps", opt.warmup_steps, min=0,
+                 max=checks.MAX_STEPS if opt.schedule == "rsqrt" else total_steps)
+  checks.number("optimizer.end_lr_frac", opt.end_lr_frac, min=0.0, max=1.0)
+  checks.fraction("optimizer.b1", opt.b1)
+  checks.fraction("optimizer.b2", opt.b2)
+  checks.number("optimizer.eps", opt.eps, min=0.0, min_exclusive=True)
+  checks.number("optimizer.weight_decay", opt.weight_decay, min=0.0)
+  checks.number("optimizer.grad_clip_norm", opt.grad_clip_norm, min=0.0, none_ok=True)
+  checks.fraction("optimizer.momentum", opt.momentum, none_ok=True)
+  checks.number("optimizer.decay_rate", opt.decay_rate, min=0.0, max=1.0, min_exclusive=True)
+  checks.number("optimizer.clipping_threshold", opt.clipping_threshold, min=0.0,
+                min_exclusive=True, none_ok=True)
+  checks.boolean("optimizer.multiply_by_parameter_scale", opt.multiply_by_parameter_scale)
 
 
 def schedule(opt, total_steps: int) -> optax.Schedule:
@@ -58,23 +77,41 @@ def schedule(opt, total_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), main], [warm])
 
 
-def _decay_mask(params):
-  # No weight decay on norms, biases and embeddings of position; decay matrices only.
-  return jax.tree_util.tree_map(lambda x: getattr(x, "ndim", 0) >= 2, params)
+def decayed(path: tuple[str, ...]) -> bool:
+  """Whether weight decay applies to the parameter at `path` (its names, outermost first).
+
+  Only weight matrices are decayed: leaves named `kernel` or `*_kernel` (Dense, Conv, the attention
+  projections `query_kernel`...`out_kernel`), as big_vision does. Never decayed: biases, norm
+  scales, ViT's position embedding and class token, T5's relative-position table, and T5's
+  `shared_embedding`: it is an embedding table (tied with the output projection), and decay would
+  pull every row toward zero each step while a row's gradient is nonzero only when its token occurs,
+  shrinking rare tokens; T5 itself trained without weight decay.
+  """
+  return bool(path) and (path[-1] == "kernel" or path[-1].endswith("_kernel"))
+
+
+def _names(path) -> tuple[str, ...]:
+  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def decay_mask(params):
+  """A tree of bools like `params`: True where `decayed`."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: decayed(_names(path)), params)
 
 
 def make_optimizer(opt, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   sched = schedule(opt, total_steps)
   if opt.name == "adamw":
     tx = optax.adamw(sched, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
-                     mask=_decay_mask)
+                     mask=decay_mask)
   elif opt.name == "adafactor":
     tx = optax.adafactor(sched, decay_rate=opt.decay_rate,
                          clipping_threshold=opt.clipping_threshold,
                          multiply_by_parameter_scale=opt.multiply_by_parameter_scale,
-                         weight_decay_rate=opt.weight_decay or None)
+                         weight_decay_rate=opt.weight_decay or None,
+                         weight_decay_mask=decay_mask)
   else:
-    tx = optax.chain(optax.add_decayed_weights(opt.weight_decay, mask=_decay_mask),
+    tx = optax.chain(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask),
                      optax.sgd(sched, momentum=opt.momentum or None))
   if opt.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from lazy_neuron import checks
 from lazy_neuron.errors import UserError
 
 LOGICAL_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab", "classes",
@@ -51,24 +52,26 @@ def make_mesh(mesh_spec: Sequence[Sequence[Any]], devices: Sequence[Any] | None 
   devices = list(jax.devices() if devices is None else devices)
   names, sizes = [], []
   for entry in mesh_spec:
-    if len(entry) != 2 or not isinstance(entry[0], str) or not isinstance(entry[1], int):
-      raise UserError(f"config.mesh entry {tuple(entry)!r} is not valid; use (axis name, size), "
-                      f"e.g. [('data', -1), ('model', 1)]")
+    if (len(entry) != 2 or not isinstance(entry[0], str) or isinstance(entry[1], bool)
+        or not isinstance(entry[1], int)):
+      raise checks.fail("config.mesh entry", tuple(entry),
+                        "use (axis name, size), e.g. [('data', -1), ('model', 1)]")
     names.append(entry[0])
     sizes.append(entry[1])
+  spec = list(map(tuple, mesh_spec))
   if len(set(names)) != len(names):
-    raise UserError(f"config.mesh={list(map(tuple, mesh_spec))} repeats an axis name")
+    raise checks.fail("config.mesh", spec, "it repeats an axis name; name each axis once")
   if sizes.count(-1) > 1:
-    raise UserError(f"config.mesh={list(map(tuple, mesh_spec))}: at most one size may be -1")
+    raise checks.fail("config.mesh", spec, "at most one size may be -1")
   known = int(np.prod([s for s in sizes if s != -1])) if sizes else 1
   if any(s == 0 or s < -1 for s in sizes) or (-1 in sizes and len(devices) % known):
-    raise UserError(f"config.mesh={list(map(tuple, mesh_spec))} does not fit {len(devices)} "
-                    f"devices; sizes must be positive (one may be -1) and divide the device count")
+    raise checks.fail("config.mesh", spec, f"it does not fit {len(devices)} devices; sizes must be "
+                                           f"positive (one may be -1) and divide the device count")
   sizes = [len(devices) // known if s == -1 else s for s in sizes]
   if int(np.prod(sizes)) != len(devices):
-    raise UserError(f"config.mesh={list(map(tuple, mesh_spec))} needs {int(np.prod(sizes))} "
-                    f"devices but {len(devices)} are present; make the sizes multiply to "
-                    f"{len(devices)} or use -1 for one axis")
+    raise checks.fail("config.mesh", spec, f"it needs {int(np.prod(sizes))} devices but "
+                                           f"{len(devices)} are present; make the sizes multiply to "
+                                           f"{len(devices)} or use -1 for one axis")
   grid = np.asarray(devices, dtype=object).reshape(sizes)
   return Mesh(grid, tuple(names), axis_types=(AxisType.Auto,) * len(names))
 
@@ -81,9 +84,8 @@ def parse_rules(rules_spec: Any) -> Any:
     try:
       return list(ast.literal_eval(rules_spec.strip()))
     except (ValueError, SyntaxError, TypeError):
-      raise UserError(f"config.sharding_rules={rules_spec!r} is not a valid list of (logical "
-                      f"axis, mesh axis) pairs, e.g. [('batch', 'data'), ('embed', 'fsdp')]"
-                      ) from None
+      raise checks.fail("config.sharding_rules", rules_spec, "give a list of (logical axis, mesh "
+                        "axis) pairs, e.g. [('batch', 'data'), ('embed', 'fsdp')]") from None
   return rules_spec
 
 
@@ -92,28 +94,35 @@ def resolve_rules(rules_spec: Any, mesh: Mesh) -> tuple[tuple[str, Any], ...]:
   rules_spec = parse_rules(rules_spec)
   if isinstance(rules_spec, str):
     if rules_spec not in RULE_SETS:
-      raise UserError(f"config.sharding_rules={rules_spec!r} is not valid; choose one of "
-                      f"{', '.join(RULE_SETS)} or give a list of (logical axis, mesh axis) pairs")
+      raise checks.fail("config.sharding_rules", rules_spec, f"choose one of {', '.join(RULE_SETS)} "
+                        "or give a list of (logical axis, mesh axis) pairs")
     rules_spec = RULE_SETS[rules_spec]
-  out, seen = [], {}
+  if not isinstance(rules_spec, (list, tuple)):
+    raise checks.fail("config.sharding_rules", rules_spec, f"choose one of {', '.join(RULE_SETS)} "
+                      "or give a list of (logical axis, mesh axis) pairs")
+  given, out, seen = list(rules_spec), [], {}
   for entry in rules_spec:
-    if len(entry) != 2:
-      raise UserError(f"config.sharding_rules entry {entry!r} is not a (logical, mesh) pair")
+    if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+      raise checks.fail("config.sharding_rules entry", entry, "use a (logical axis, mesh axis) pair")
     logical, target = entry
     if logical not in LOGICAL_AXES:
-      raise UserError(f"config.sharding_rules: unknown logical axis {logical!r}; valid: "
-                      f"{', '.join(LOGICAL_AXES)}")
+      raise checks.fail("config.sharding_rules entry", tuple(entry), f"unknown logical axis "
+                        f"{logical!r}; choose one of {', '.join(LOGICAL_AXES)}")
+    if not (target is None or isinstance(target, (str, tuple, list))):
+      raise checks.fail("config.sharding_rules entry", tuple(entry),
+                        "the mesh axis must be a name, a list of names or None")
     axes = (target,) if isinstance(target, str) or target is None else tuple(target)
     for a in axes:
       if a is not None and not isinstance(a, str):
-        raise UserError(f"config.sharding_rules: mesh axis {a!r} for {logical!r} is not a name")
+        raise checks.fail("config.sharding_rules entry", tuple(entry),
+                          f"mesh axis {a!r} for {logical!r} is not a name")
     kept = tuple(a for a in axes if a is not None and a in mesh.axis_names
                  and mesh.shape[a] > 1) or None
     if kept is not None and len(kept) == 1:
       kept = kept[0]
     if logical in seen and seen[logical] != kept:
-      raise UserError(f"config.sharding_rules maps logical axis {logical!r} twice: to "
-                      f"{seen[logical]!r} and to {kept!r}")
+      raise checks.fail("config.sharding_rules", given, f"it maps logical axis {logical!r} twice: "
+                        f"to {seen[logical]!r} and to {kept!r}; map each logical axis once")
     seen[logical] = kept
     out.append((logical, kept))
   for logical in LOGICAL_AXES:
@@ -287,9 +296,7 @@ def replicated_limit_bytes(config: Any) -> int:
   value = config.get(LIMIT_KEY, None) if hasattr(config, "get") else None
   if value is None:
     return DEFAULT_REPLICATED_LIMIT_BYTES
-  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-    raise UserError(f"{LIMIT_KEY}={value!r} is not valid; use a number of bytes >= 0")
-  return value
+  return checks.integer(LIMIT_KEY, value, min=0)
 
 
 def _named_targets(rules_spec: Any) -> dict[str, tuple[str, ...]]:

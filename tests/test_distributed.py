@@ -1,7 +1,8 @@
 """lazy_neuron.distributed: where multi-host settings come from, and what initialize() does with them.
 
 `resolve` is pure; `initialize` is tested with jax.distributed.initialize replaced by a recorder, since
-the real one can run only once per process and other tests share this one.
+the real one can run only once per process and other tests share this one. Reading a cluster's
+settings (SLURM node lists, TPU metadata) is jax's own detection and is not tested here.
 """
 import jax
 import pytest
@@ -9,28 +10,14 @@ import pytest
 from lazy_neuron import distributed
 from lazy_neuron.errors import UserError
 
+# One task of a 4-task srun step, one task per node (as launch/gpu.py runs it).
 SLURM = {"SLURM_JOB_ID": "12345", "SLURM_NTASKS": "4", "SLURM_PROCID": "2", "SLURM_LOCALID": "0",
-         "SLURM_STEP_NODELIST": "gpu[07-08,10],gpu-x1", "SLURM_JOB_NODELIST": "other[1-9]",
-         "SLURM_STEP_TASKS_PER_NODE": "1(x4)"}
-
-
-@pytest.mark.parametrize("nodelist, expected", [
-    ("node01", ["node01"]),
-    ("node01,host2", ["node01", "host2"]),
-    ("node[01-04,07]", ["node01", "node02", "node03", "node04", "node07"]),
-    ("node[001,007-009],gpu1", ["node001", "node007", "node008", "node009", "gpu1"]),
-    ("a[8-11]", ["a8", "a9", "a10", "a11"]),
-    ("rack[1-2]-n[1-2]", ["rack1-n1", "rack1-n2", "rack2-n1", "rack2-n2"]),
-    (" n[1] ", ["n1"]),
-])
-def test_expand_nodelist(nodelist, expected):
-  assert distributed.expand_nodelist(nodelist) == expected
-
-
-@pytest.mark.parametrize("nodelist", ["node[04-01]", "node[a-b]", "node[1-2", "", "node]1["])
-def test_expand_nodelist_rejects_malformed(nodelist):
-  with pytest.raises(UserError, match="node list"):
-    distributed.expand_nodelist(nodelist)
+         "SLURM_STEP_NODELIST": "gpu[07-08,10],gpu-x1", "SLURM_STEP_NUM_NODES": "4",
+         "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+# One task per GPU: 8 tasks on 2 nodes, each seeing the node's 4 GPUs.
+SLURM_PER_GPU = {**SLURM, "SLURM_NTASKS": "8", "SLURM_STEP_NUM_NODES": "2", "SLURM_LOCALID": "3"}
+OMPI = {"OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.96.0.1:34911", "OMPI_COMM_WORLD_SIZE": "2",
+        "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_RANK": "0"}
 
 
 def test_single_process_by_default():
@@ -55,56 +42,55 @@ def test_env_vars_and_string_values():
   assert "LAZY_NEURON_NUM_PROCESSES" in info.source
 
 
-def test_precedence_flags_over_env_over_slurm_over_tpu():
+def test_precedence_flags_over_env_over_cluster():
   env = {**SLURM, "LAZY_NEURON_COORDINATOR_ADDRESS": "envhost:1", "LAZY_NEURON_NUM_PROCESSES": "8",
          "LAZY_NEURON_PROCESS_ID": "5", "TPU_WORKER_ID": "0"}
   # Flags win field by field; the rest comes from LAZY_NEURON_*.
   info = distributed.resolve(coordinator_address="flaghost:2", env=env, on_tpu=True)
   assert (info.mode, info.coordinator_address, info.num_processes, info.process_id) == \
       ("explicit", "flaghost:2", 8, 5)
-  # LAZY_NEURON_* over SLURM.
+  # LAZY_NEURON_* over the cluster's own settings.
   info = distributed.resolve(env=env, on_tpu=True)
   assert (info.coordinator_address, info.num_processes, info.process_id) == ("envhost:1", 8, 5)
-  # SLURM over TPU.
-  slurm_tpu = {**SLURM, "TPU_WORKER_ID": "0"}
-  assert distributed.resolve(env=slurm_tpu, on_tpu=True).mode == "slurm"
-  # TPU over single.
-  assert distributed.resolve(env={"TPU_WORKER_ID": "0"}).mode == "tpu"
-  assert distributed.resolve(env={}, on_tpu=True).mode == "tpu"
 
 
-def test_slurm():
-  info = distributed.resolve(env=SLURM, on_tpu=False)
-  assert info.mode == "slurm"
-  # First host of the *step* node list; port from the job id, as every task computes it alike.
-  assert info.coordinator_address == f"gpu07:{61440 + 12345 % 4096}"
-  assert (info.num_processes, info.process_id, info.local_device_ids) == (4, 2, None)
+@pytest.mark.parametrize("env, on_tpu, cluster", [
+    (SLURM, False, "slurm"),
+    ({**SLURM, "TPU_WORKER_ID": "0"}, None, "slurm"),
+    (OMPI, False, "ompi"),
+    ({"TPU_WORKER_ID": "0"}, None, "tpu"),
+    ({}, True, "tpu"),
+    ({**SLURM, "SLURM_NTASKS": "1"}, False, None),  # one task: nothing to start
+    ({k: v for k, v in SLURM.items() if k != "SLURM_STEP_NODELIST"}, False, None),  # not in srun
+    ({**OMPI, "OMPI_COMM_WORLD_SIZE": "1"}, False, None),
+    ({}, False, None),
+])
+def test_cluster_detection(env, on_tpu, cluster):
+  info = distributed.resolve(env=env, on_tpu=on_tpu)
+  assert info.cluster == cluster
+  assert info.mode == ("single" if cluster is None else "cluster")
+  if cluster is not None:  # jax reads the cluster's settings itself
+    assert (info.coordinator_address, info.num_processes, info.process_id) == (None, None, None)
 
 
-def test_slurm_port_override_and_job_nodelist_fallback():
-  env = {k: v for k, v in SLURM.items() if k != "SLURM_STEP_NODELIST"}
-  env["LAZY_NEURON_COORDINATOR_PORT"] = "7777"
-  assert distributed.resolve(env=env, on_tpu=False).coordinator_address == "other1:7777"
-
-
-def test_slurm_one_task_per_gpu_takes_its_local_gpu():
-  env = {**SLURM, "SLURM_STEP_TASKS_PER_NODE": "4(x2)", "SLURM_NTASKS": "8", "SLURM_LOCALID": "3"}
-  assert distributed.resolve(env=env, on_tpu=False).local_device_ids == (3,)
-  # ...unless SLURM already gave each task a single visible GPU.
-  env["CUDA_VISIBLE_DEVICES"] = "3"
-  assert distributed.resolve(env=env, on_tpu=False).local_device_ids is None
-
-
-def test_slurm_fills_fields_that_flags_leave_open():
+def test_cluster_fills_fields_that_flags_leave_open():
   info = distributed.resolve(coordinator_address="10.1.1.1:999", env=SLURM, on_tpu=False)
   assert (info.mode, info.coordinator_address, info.num_processes, info.process_id) == \
-      ("explicit", "10.1.1.1:999", 4, 2)
+      ("explicit", "10.1.1.1:999", None, None)
 
 
-def test_slurm_single_task_or_outside_srun_is_single_process():
-  assert distributed.resolve(env={**SLURM, "SLURM_NTASKS": "1"}, on_tpu=False).mode == "single"
-  outside_step = {k: v for k, v in SLURM.items() if "NODELIST" not in k}
-  assert distributed.resolve(env=outside_step, on_tpu=False).mode == "single"
+@pytest.mark.parametrize("env, ids", [
+    (SLURM, (0, 1, 2, 3)),  # alone on its node: all of its GPUs, not only that of local rank 0
+    ({**SLURM, "CUDA_VISIBLE_DEVICES": "", "SLURM_GPUS_ON_NODE": "8"}, tuple(range(8))),
+    ({**SLURM, "SLURM_STEP_NUM_NODES": "2", "SLURM_NTASKS_PER_NODE": "1"}, (0, 1, 2, 3)),
+    (SLURM_PER_GPU, None),  # one task per GPU: jax's default (the GPU of its local rank)
+    ({**SLURM_PER_GPU, "CUDA_VISIBLE_DEVICES": "3"}, (0,)),  # SLURM bound one GPU to the task
+    ({**OMPI, "OMPI_COMM_WORLD_LOCAL_SIZE": "1", "CUDA_VISIBLE_DEVICES": "0,1"}, (0, 1)),
+    ({**OMPI, "OMPI_COMM_WORLD_LOCAL_SIZE": "2", "CUDA_VISIBLE_DEVICES": "0,1"}, None),
+    ({**SLURM, "LAZY_NEURON_LOCAL_DEVICE_IDS": "5"}, (5,)),  # given: used as is
+])
+def test_local_devices_of_a_cluster_task(env, ids):
+  assert distributed.resolve(env=env, on_tpu=False).local_device_ids == ids
 
 
 def test_one_process_needs_no_coordinator():
@@ -114,34 +100,46 @@ def test_one_process_needs_no_coordinator():
   assert info.mode == "single"
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(coordinator_address="nohost", num_processes=2, process_id=0), "--coordinator_address='nohost'"),
-    (dict(coordinator_address="h:0", num_processes=2, process_id=0), "HOST:PORT"),
-    (dict(coordinator_address="h:70000", num_processes=2, process_id=0), "1..65535"),
-    (dict(coordinator_address="bad host:1", num_processes=2, process_id=0), "not valid"),
-    (dict(coordinator_address=":1234", num_processes=2, process_id=0), "not valid"),
-    (dict(coordinator_address="h:1", num_processes=0, process_id=0), "--num_processes=0"),
-    (dict(coordinator_address="h:1", num_processes=-3, process_id=0), ">= 1"),
-    (dict(coordinator_address="h:1", num_processes=4, process_id=4), r"--process_id=4 .* 0\.\.3"),
-    (dict(coordinator_address="h:1", num_processes=4, process_id=-1), "--process_id=-1"),
-    (dict(coordinator_address="h:1", num_processes="four", process_id=0), "expected an integer"),
-    (dict(num_processes=2), "--coordinator_address, --process_id missing"),
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(coordinator_address="nohost", num_processes=2, process_id=0),
+     "--coordinator_address='nohost' is not valid; use HOST:PORT with a port in 1..65535"),
+    (dict(coordinator_address="h:0", num_processes=2, process_id=0), "--coordinator_address='h:0' is not valid"),
+    (dict(coordinator_address="h:70000", num_processes=2, process_id=0), "--coordinator_address='h:70000' is not valid"),
+    (dict(coordinator_address="bad host:1", num_processes=2, process_id=0), "--coordinator_address='bad host:1' is not valid"),
+    (dict(coordinator_address=":1234", num_processes=2, process_id=0), "--coordinator_address=':1234' is not valid"),
+    (dict(coordinator_address="h:1", num_processes=0, process_id=0),
+     "--num_processes=0 is not valid; use an integer >= 1"),
+    (dict(coordinator_address="h:1", num_processes=-3, process_id=0), "--num_processes=-3 is not valid"),
+    (dict(coordinator_address="h:1", num_processes=4, process_id=4),
+     "--process_id=4 is not valid; use an integer >= 0 and <= 3"),
+    (dict(coordinator_address="h:1", num_processes=4, process_id=-1), "--process_id=-1 is not valid"),
+    (dict(coordinator_address="h:1", num_processes="four", process_id=0),
+     "--num_processes='four' is not valid; use an integer"),
+    (dict(coordinator_address="h:1", num_processes=True, process_id=0),
+     "--num_processes=True is not valid; use an integer"),
+    (dict(num_processes=2), "--num_processes=2 is not valid; multi-process settings are incomplete: "
+                            "--coordinator_address, --process_id missing"),
     (dict(coordinator_address="h:1", num_processes=2, process_id=0, local_device_ids="a,b"),
-     "expected an integer"),
+     "--local_device_ids='a' is not valid; use an integer"),
+    (dict(coordinator_address="h:1", num_processes=2, process_id=0, local_device_ids=","),
+     "--local_device_ids=',' is not valid; use non-negative device ids"),
 ])
-def test_bad_values_raise_user_error(kwargs, match):
-  with pytest.raises(UserError, match=match) as e:
+def test_bad_values_raise_user_error(kwargs, message):
+  with pytest.raises(UserError) as e:
     distributed.resolve(env={}, on_tpu=False, **kwargs)
+  assert str(e.value).startswith(message)
   assert "\n" not in str(e.value)
 
 
 def test_bad_env_values_name_the_variable():
   env = {"LAZY_NEURON_COORDINATOR_ADDRESS": "h:1", "LAZY_NEURON_NUM_PROCESSES": "2",
          "LAZY_NEURON_PROCESS_ID": "7"}
-  with pytest.raises(UserError, match="LAZY_NEURON_PROCESS_ID=7"):
+  with pytest.raises(UserError, match="^LAZY_NEURON_PROCESS_ID=7 is not valid"):
     distributed.resolve(env=env, on_tpu=False)
-  with pytest.raises(UserError, match="SLURM_PROCID"):
-    distributed.resolve(env={**SLURM, "SLURM_PROCID": "x"}, on_tpu=False)
+  with pytest.raises(UserError, match="^LAZY_NEURON_COORDINATOR_PORT='x' is not valid"):
+    distributed.resolve(env={**SLURM, "LAZY_NEURON_COORDINATOR_PORT": "x"}, on_tpu=False)
+  with pytest.raises(UserError, match="^SLURM_NTASKS='many' is not valid; use an integer"):
+    distributed.resolve(env={**SLURM, "SLURM_NTASKS": "many"}, on_tpu=False)
 
 
 def test_ipv6_and_hostnames_are_valid_addresses():
@@ -169,8 +167,10 @@ def recorder(monkeypatch):
   monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
   monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **kw: calls.append((a, kw)))
   for key in list(distributed.os.environ):
-    if key.startswith(("SLURM_", "LAZY_NEURON_", "TPU_", "MEGASCALE_", "CLOUD_TPU")):
+    if key.startswith(("SLURM_", "LAZY_NEURON_", "TPU_", "MEGASCALE_", "CLOUD_TPU", "OMPI_",
+                       "JAX_COORDINATOR", "CUDA_VISIBLE")):
       monkeypatch.delenv(key)
+  monkeypatch.delenv("JAX_COORDINATOR_PORT", raising=False)  # initialize may set it: undone after
   monkeypatch.setattr(distributed, "on_cloud_tpu", lambda env=None: False)
   return calls
 
@@ -183,20 +183,42 @@ def test_initialize_explicit_passes_the_settings_and_is_idempotent(recorder):
   assert len(recorder) == 1
 
 
-def test_initialize_slurm_from_environment(recorder, monkeypatch):
+def test_initialize_in_a_cluster_leaves_the_settings_to_jax(recorder, monkeypatch):
+  for key, value in SLURM_PER_GPU.items():
+    monkeypatch.setenv(key, value)
+  monkeypatch.setenv("LAZY_NEURON_COORDINATOR_PORT", "7777")
+  info = distributed.initialize()
+  assert (info.mode, info.cluster) == ("cluster", "slurm")
+  assert recorder == [((), {})]
+  assert distributed.os.environ["JAX_COORDINATOR_PORT"] == "7777"  # what jax's detection reads
+
+
+def test_initialize_one_task_per_node_sees_all_its_gpus(recorder, monkeypatch):
   for key, value in SLURM.items():
     monkeypatch.setenv(key, value)
-  info = distributed.initialize()
-  assert info.mode == "slurm"
-  assert recorder[0][1]["coordinator_address"].startswith("gpu07:")
-  assert recorder[0][1]["process_id"] == 2
+  distributed.initialize()
+  assert recorder == [((), dict(local_device_ids=[0, 1, 2, 3]))]
+
+
+def test_initialize_flags_in_a_cluster_pass_only_what_is_given(recorder, monkeypatch):
+  for key, value in SLURM_PER_GPU.items():
+    monkeypatch.setenv(key, value)
+  distributed.initialize(coordinator_address="10.0.0.1:99")
+  assert recorder == [((), dict(coordinator_address="10.0.0.1:99"))]
 
 
 def test_initialize_tpu_calls_without_arguments(recorder, monkeypatch):
   monkeypatch.setattr(distributed, "on_cloud_tpu", lambda env=None: True)
   monkeypatch.setattr(distributed, "_libtpu_installed", lambda: True)
-  assert distributed.initialize().mode == "tpu"
+  assert distributed.initialize().cluster == "tpu"
   assert recorder == [((), {})]
+
+
+def test_initialize_tpu_without_libtpu_runs_one_process(recorder, monkeypatch):
+  monkeypatch.setattr(distributed, "on_cloud_tpu", lambda env=None: True)
+  monkeypatch.setattr(distributed, "_libtpu_installed", lambda: False)
+  assert distributed.initialize().mode == "single"
+  assert recorder == []
 
 
 def test_initialize_single_process_does_nothing(recorder):

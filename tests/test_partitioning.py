@@ -278,3 +278,33 @@ def test_check_plan_reports_unknown_logical_axes_of_a_model():
 
 def test_bad_limit_is_refused():
   assert "sharding_replicated_limit_bytes=-1 is not valid" in _error("vit_b16", limit=-1)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda d: partitioning.make_mesh([("data", "2")], d),
+     "config.mesh entry=('data', '2') is not valid; use (axis name, size)"),
+    (lambda d: partitioning.make_mesh([("data", True)], d),
+     "config.mesh entry=('data', True) is not valid; use (axis name, size)"),
+    (lambda d: partitioning.make_mesh([("data", 2), ("data", 4)], d),
+     "config.mesh=[('data', 2), ('data', 4)] is not valid; it repeats an axis name"),
+    (lambda d: partitioning.make_mesh([("data", -1), ("model", -1)], d),
+     "config.mesh=[('data', -1), ('model', -1)] is not valid; at most one size may be -1"),
+    (lambda d: partitioning.make_mesh([("data", 0)], d),
+     "config.mesh=[('data', 0)] is not valid; it does not fit 8 devices"),
+    (lambda d: partitioning.resolve_rules("zero3", partitioning.make_mesh([("data", -1)], d)),
+     "config.sharding_rules='zero3' is not valid; choose one of data_parallel, fsdp, tensor_parallel"),
+    (lambda d: partitioning.resolve_rules("[('batch',", partitioning.make_mesh([("data", -1)], d)),
+     "config.sharding_rules=\"[('batch',\" is not valid; give a list of (logical axis, mesh axis)"),
+    (lambda d: partitioning.resolve_rules(3, partitioning.make_mesh([("data", -1)], d)),
+     "config.sharding_rules=3 is not valid; choose one of data_parallel"),
+    (lambda d: partitioning.resolve_rules([("batch",)], partitioning.make_mesh([("data", -1)], d)),
+     "config.sharding_rules entry=('batch',) is not valid; use a (logical axis, mesh axis) pair"),
+    (lambda d: partitioning.resolve_rules([("batch", 1)], partitioning.make_mesh([("data", -1)], d)),
+     "config.sharding_rules entry=('batch', 1) is not valid; the mesh axis must be a name"),
+    (lambda d: partitioning.replicated_limit_bytes({partitioning.LIMIT_KEY: 1.5}),
+     "sharding_replicated_limit_bytes=1.5 is not valid; use an integer >= 0"),
+])
+def test_mesh_and_rule_messages(call, message):
+  with pytest.raises(UserError) as e:
+    call(jax.devices()[:8])
+  assert str(e.value).startswith(message)

@@ -31,10 +31,11 @@ from __future__ import annotations
 import dataclasses
 
 from lazy_neuron.data import pipeline
-from lazy_neuron.data.config import DEFAULTS, SOURCES, get_data_config
+from lazy_neuron.data.config import SOURCES, get_data_config
 from lazy_neuron.data.config import validate as _validate
 from lazy_neuron.data.datainfo import DataInfo
 from lazy_neuron.data.pipeline import DataIterator
+from lazy_neuron import checks
 from lazy_neuron.errors import UserError
 
 __all__ = ["DataInfo", "DataIterator", "SOURCES", "build", "check_steps", "get_data_config", "info",
@@ -68,7 +69,7 @@ def _source(cfg):
   if name in ("tfds_text", "c4"):
     from lazy_neuron.data.text_tfds import TfdsTextSource
     return TfdsTextSource(cfg)
-  raise UserError(f"data.name={name!r} is not a known dataset; choose one of {', '.join(SOURCES)}")
+  raise checks.fail("data.name", name, f"choose one of {', '.join(SOURCES)}")
 
 
 def info(data_config) -> DataInfo:
@@ -114,10 +115,8 @@ def build(data_config, *, split: str, batch_size: int, seed: int, process_index:
   "mask" (float32 [B], 1 real / 0 padding). Processes get disjoint shards that together cover the data.
   """
   cfg = _validate(data_config)
-  if split not in SPLITS:
-    raise UserError(f"split={split!r} is not valid; choose one of {', '.join(SPLITS)}")
-  if isinstance(seed, bool) or not isinstance(seed, int):
-    raise UserError(f"seed={seed!r} is not valid; use an integer")
+  checks.choice("split", split, SPLITS)
+  seed = checks.integer("seed", seed)
   per_process = pipeline.check_batch(batch_size, process_index, process_count)
   source = _source(cfg)
   fingerprint = {"name": cfg["name"], "split": split, "seed": int(seed), "batch_size": int(batch_size),

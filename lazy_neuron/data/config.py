@@ -2,29 +2,15 @@
 from __future__ import annotations
 
 import copy
-import numbers
 import os
 from typing import Any
 
+import ml_collections
+from ml_collections import config_dict
+
+from lazy_neuron import checks
 from lazy_neuron.errors import UserError
 
-
-class _Placeholder:
-  """A None default of a given type; `get_data_config` turns it into an ml_collections placeholder.
-
-  (ml_collections is imported only by `get_data_config`, so that `validate`/`info`/`build` on a plain
-  dict need only numpy, grain and tensorflow_datasets: `lazy-neuron bench input` runs on such hosts.)
-  """
-
-  def __init__(self, field_type):
-    self.field_type = field_type
-
-  def __deepcopy__(self, memo):
-    return self
-
-
-class config_dict:  # noqa: N801  (the one name used from ml_collections.config_dict)
-  placeholder = _Placeholder
 
 _COMMON = {
     "cache_dir": config_dict.placeholder(str),  # None: $LAZY_NEURON_CACHE or ~/.cache/lazy_neuron
@@ -131,23 +117,22 @@ def _names() -> str:
 
 def get_data_config(name: str, **overrides):
   """The default data config of source `name`, with `overrides` applied (unknown keys: UserError)."""
-  if name not in DEFAULTS:
-    raise UserError(f"data.name={name!r} is not a known dataset; choose one of {_names()}")
-  import ml_collections
-  from ml_collections import config_dict as mlc_config_dict
-
+  checks.choice("data.name", name, SOURCES)
   values = {"name": name, **copy.deepcopy(_COMMON), **copy.deepcopy(DEFAULTS[name])}
-  values = {k: mlc_config_dict.placeholder(v.field_type) if isinstance(v, _Placeholder) else v
-            for k, v in values.items()}
   cfg = ml_collections.ConfigDict(values)
   for key, value in overrides.items():
     if key not in values:
-      raise UserError(f"data.{key} is not a key of data source {name!r}; valid: {', '.join(sorted(values))}")
+      raise _unknown_key(name, key, value, values)
     try:
       cfg[key] = value
     except (TypeError, ValueError) as e:
-      raise UserError(f"data.{key}={value!r} has the wrong type ({e})") from e
+      raise checks.fail(f"data.{key}", value, f"it has the wrong type ({e})") from e
   return cfg
+
+
+def _unknown_key(name, key, value, keys) -> UserError:
+  return checks.fail(f"data.{key}", value, f"it is not a key of data source {name!r}; use one of "
+                                           f"{', '.join(sorted(keys))}")
 
 
 def resolve(data_config) -> dict[str, Any]:
@@ -158,176 +143,149 @@ def resolve(data_config) -> dict[str, Any]:
     given = data_config.to_dict()
   else:
     given = dict(data_config)
-  name = given.get("name")
-  if name not in DEFAULTS:
-    raise UserError(f"data.name={name!r} is not a known dataset; choose one of {_names()}")
+  name = checks.choice("data.name", given.get("name"), SOURCES)
   defaults = {"name": name, **_COMMON, **DEFAULTS[name]}
   unknown = sorted(set(given) - set(defaults))
   if unknown:
-    raise UserError(f"data.{unknown[0]} is not a key of data source {name!r}; valid: {', '.join(sorted(defaults))}")
+    raise _unknown_key(name, unknown[0], given[unknown[0]], defaults)
   out = {}
   for key, default in defaults.items():
     value = given.get(key, default)
-    if isinstance(value, _Placeholder):
-      value = None
-    elif type(value).__name__ == "FieldReference":  # an ml_collections placeholder
+    if isinstance(value, config_dict.FieldReference):  # a placeholder default, or one in a dict
       value = value.get()
     out[key] = value
   return out
 
 
-def _int(cfg, key, lo=None, hi=None, none_ok=False):
-  v = cfg[key]
-  if v is None and none_ok:
-    return
-  if isinstance(v, bool) or not isinstance(v, numbers.Integral) or (lo is not None and v < lo) or (hi is not None and v > hi):
-    rng = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
-    raise UserError(f"data.{key}={v!r} is not valid; use {rng}" + (" or None" if none_ok else ""))
+def _check(cfg, check, key, **bounds):
+  """`check` (one of lazy_neuron.checks) applied to data config key `key`, named `data.<key>`."""
+  return check(f"data.{key}", cfg[key], **bounds)
 
 
-def _float(cfg, key, lo, hi, lo_open=True, hi_open=True):
-  v = cfg[key]
-  ok = isinstance(v, numbers.Real) and not isinstance(v, bool)
-  if ok:
-    ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-  if not ok:
-    lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
-    raise UserError(f"data.{key}={v!r} is not valid; use a number in {lb}{lo}, {hi}{rb}")
-
-
-def _choice(cfg, key, choices):
-  if cfg[key] not in choices:
-    raise UserError(f"data.{key}={cfg[key]!r} is not valid; choose one of {', '.join(map(str, choices))}")
-
-
-def _str(cfg, key):
-  v = cfg[key]
-  if v is not None and (not isinstance(v, str) or not v.strip()):
-    raise UserError(f"data.{key}={v!r} is not valid; use a non-empty string or None")
+def _optional_str(cfg, *keys):
+  for key in keys:
+    if _check(cfg, checks.string, key, none_ok=True) is not None and not cfg[key].strip():
+      raise checks.fail(f"data.{key}", cfg[key], "use a non-empty string or None")
 
 
 def validate(data_config) -> dict[str, Any]:
   """Raises UserError for any bad key or value; returns the resolved dict. Cheap: no data is read."""
   cfg = resolve(data_config)
-  _str(cfg, "cache_dir")
-  _int(cfg, "num_threads", 0, 64)
-  _int(cfg, "prefetch", 0)
-  _int(cfg, "num_workers", -1, 1024)
+  _optional_str(cfg, "cache_dir")
+  _check(cfg, checks.integer, "num_threads", min=0, max=64)
+  _check(cfg, checks.integer, "prefetch", min=0)
+  _check(cfg, checks.integer, "num_workers", min=-1, max=1024)
   name = cfg["name"]
   if name == "docstrings":
     from lazy_neuron.data import docstrings, tokenizer
 
-    _str(cfg, "corpus_files")
-    _str(cfg, "stdlib_path")
+    _optional_str(cfg, "corpus_files", "stdlib_path")
     if cfg["corpus_files"]:
       docstrings.corpus_files(cfg["corpus_files"])  # every pattern must match a file
     elif cfg["stdlib_path"] is not None and not os.path.isdir(os.path.expanduser(cfg["stdlib_path"])):
-      raise UserError(f"data.stdlib_path={cfg['stdlib_path']!r} is not a directory; use None (the "
-                      "installed standard library) or a folder of .py files")
-    _int(cfg, "max_corpus_bytes", 1, none_ok=True)
-    _float(cfg, "eval_fraction", 0.0, 1.0)
-    _int(cfg, "num_sentinels", 1, 10_000)
-    _int(cfg, "vocab_size", 8, 2**31 - 1, none_ok=True)
-    _choice(cfg, "spm_model_type", ("bpe", "unigram"))
-    _int(cfg, "spm_train_bytes", 1024)
+      raise checks.fail("data.stdlib_path", cfg["stdlib_path"], "it is not a directory; use None "
+                        "(the installed standard library) or a folder of .py files")
+    _check(cfg, checks.integer, "max_corpus_bytes", min=1, none_ok=True)
+    _check(cfg, checks.fraction, "eval_fraction", min_exclusive=True)
+    _check(cfg, checks.integer, "num_sentinels", min=1, max=10_000)
+    _check(cfg, checks.integer, "vocab_size", min=8, max=2**31 - 1, none_ok=True)
+    _check(cfg, checks.choice, "spm_model_type", choices=("bpe", "unigram"))
+    _check(cfg, checks.integer, "spm_train_bytes", min=1024)
     tok = cfg["tokenizer"]
     if not isinstance(tok, str) or not tok:
-      raise UserError(f"data.tokenizer={tok!r} is not valid; use 'spm', 'bytes' or a .model path")
+      raise checks.fail("data.tokenizer", tok, "use 'spm', 'bytes' or a .model path")
     if tok == "bytes":
       tokenizer.total_vocab_size(cfg, tokenizer.BYTE_VOCAB)
     elif tok == "spm":
       if tokenizer.spm_pieces(cfg) < 16:
-        raise UserError(f"data.vocab_size={cfg['vocab_size']} leaves {tokenizer.spm_pieces(cfg)} "
-                        f"sentencepiece pieces after {cfg['num_sentinels']} sentinels; use at least "
-                        f"{cfg['num_sentinels'] + 16}")
+        raise checks.fail("data.vocab_size", cfg["vocab_size"],
+                          f"it leaves {tokenizer.spm_pieces(cfg)} sentencepiece pieces after "
+                          f"{cfg['num_sentinels']} sentinels; use at least {cfg['num_sentinels'] + 16}")
     elif not tokenizer.model_exists(tok):
-      raise UserError(f"data.tokenizer={tok!r}: no such sentencepiece model file; use 'bytes', 'spm' "
-                      "or the path of an existing .model file")
-    _bool(cfg, "random_inputs")
-    _bool(cfg, "one_pass")
-    _int(cfg, "random_seed", 0, 2**63 - 1)
+      raise checks.fail("data.tokenizer", tok, "no such sentencepiece model file; use 'bytes', "
+                        "'spm' or the path of an existing .model file")
+    _random_inputs(cfg)
     _span_corruption(cfg)
   elif name in ("tfds_text", "c4"):
-    _str(cfg, "dataset")
+    _optional_str(cfg, "dataset")
     if not cfg["dataset"]:
-      raise UserError("data.dataset is not set; give a TFDS text dataset name, e.g. c4/en:3.1.0")
-    for key in ("data_dir", "train_split", "eval_split", "text_key"):
-      _str(cfg, key)
-    _int(cfg, "num_sentinels", 1, 10_000)
-    _int(cfg, "vocab_size", 8, 2**31 - 1, none_ok=True)
+      raise checks.fail("data.dataset", cfg["dataset"], "give a TFDS text dataset name, e.g. c4/en:3.1.0")
+    _optional_str(cfg, "data_dir", "train_split", "eval_split", "text_key")
+    _check(cfg, checks.integer, "num_sentinels", min=1, max=10_000)
+    _check(cfg, checks.integer, "vocab_size", min=8, max=2**31 - 1, none_ok=True)
     tok = cfg["tokenizer"]
     if tok is None:
       raise UserError("data.tokenizer is not set; give the path of a sentencepiece .model (T5's "
                       "standard vocabulary: gs://t5-data/vocabs/cc_all.32000/sentencepiece.model, or "
                       "one made by `lazy-neuron tokenizer --corpus FILES --vocab-size N --out M`) or 'bytes'")
     if not isinstance(tok, str) or not tok.strip():
-      raise UserError(f"data.tokenizer={tok!r} is not valid; use 'bytes' or a sentencepiece .model path")
+      raise checks.fail("data.tokenizer", tok, "use 'bytes' or a sentencepiece .model path")
     if tok != "bytes":
       from lazy_neuron.data import tokenizer
       if not tokenizer.model_exists(tok):
-        raise UserError(f"data.tokenizer={tok!r}: no such sentencepiece model file; give an existing "
-                        ".model path (local or gs://), train one with `lazy-neuron tokenizer --corpus "
-                        "FILES --vocab-size N --out PATH`, or use 'bytes'")
-    _int(cfg, "max_document_tokens", 1)
-    _int(cfg, "estimate_documents", 1)
-    _bool(cfg, "one_pass")
-    _bool(cfg, "random_inputs")
-    _int(cfg, "random_seed", 0, 2**63 - 1)
+        raise checks.fail("data.tokenizer", tok, "no such sentencepiece model file; give an "
+                          "existing .model path (local or gs://), train one with `lazy-neuron "
+                          "tokenizer --corpus FILES --vocab-size N --out PATH`, or use 'bytes'")
+    _check(cfg, checks.integer, "max_document_tokens", min=1)
+    _check(cfg, checks.integer, "estimate_documents", min=1)
+    _random_inputs(cfg)
     _span_corruption(cfg)
   elif name == "digits":
-    _str(cfg, "data_dir")
-    _int(cfg, "image_size", 1, 4096)
-    _choice(cfg, "channels", (1, 3))
+    _optional_str(cfg, "data_dir")
+    _check(cfg, checks.integer, "image_size", min=1, max=4096)
+    _check(cfg, checks.choice, "channels", choices=(1, 3))
     _labels(cfg)
   elif name == "tfds":
-    _str(cfg, "dataset")
+    _optional_str(cfg, "dataset")
     if not cfg["dataset"]:
-      raise UserError("data.dataset is not set; give a TFDS dataset name, e.g. cifar10 or imagenet2012")
-    for key in ("data_dir", "train_split", "eval_split", "image_key", "label_key"):
-      _str(cfg, key)
-    _int(cfg, "num_classes", 2, 1 << 24, none_ok=True)
-    _int(cfg, "image_size", 1, 4096)
+      raise checks.fail("data.dataset", cfg["dataset"],
+                        "give a TFDS dataset name, e.g. cifar10 or imagenet2012")
+    _optional_str(cfg, "data_dir", "train_split", "eval_split", "image_key", "label_key")
+    _check(cfg, checks.integer, "num_classes", min=2, max=1 << 24, none_ok=True)
+    _check(cfg, checks.integer, "image_size", min=1, max=4096)
     if cfg["channels"] is not None:
-      _choice(cfg, "channels", (1, 3))
-    _choice(cfg, "augment", ("inception_crop", "flip", "none"))
-    _float(cfg, "crop_min_area", 0.0, 1.0, hi_open=False)
-    _float(cfg, "eval_crop_fraction", 0.0, 1.0, hi_open=False)
-    _int(cfg, "eval_examples", 1, none_ok=True)
-    _choice(cfg, "image_dtype", ("float32", "uint8"))
+      _check(cfg, checks.choice, "channels", choices=(1, 3))
+    _check(cfg, checks.choice, "augment", choices=("inception_crop", "flip", "none"))
+    _check(cfg, checks.number, "crop_min_area", min=0.0, max=1.0, min_exclusive=True)
+    _check(cfg, checks.number, "eval_crop_fraction", min=0.0, max=1.0, min_exclusive=True)
+    _check(cfg, checks.integer, "eval_examples", min=1, none_ok=True)
+    _check(cfg, checks.choice, "image_dtype", choices=("float32", "uint8"))
     _labels(cfg)
   elif name == "gaussian":
-    _int(cfg, "dim", 1, 1 << 24)
-    _int(cfg, "num_classes", 2, 1 << 24)
-    _int(cfg, "eval_examples", 1)
+    _check(cfg, checks.integer, "dim", min=1, max=1 << 24)
+    _check(cfg, checks.integer, "num_classes", min=2, max=1 << 24)
+    _check(cfg, checks.integer, "eval_examples", min=1)
   return cfg
 
 
-def _bool(cfg, key):
-  if not isinstance(cfg[key], bool):
-    raise UserError(f"data.{key}={cfg[key]!r} is not valid; use true or false")
+def _random_inputs(cfg):
+  """The text sources' ablation switches."""
+  _check(cfg, checks.boolean, "random_inputs")
+  _check(cfg, checks.boolean, "one_pass")
+  _check(cfg, checks.integer, "random_seed", min=0, max=2**63 - 1)
 
 
 def _span_corruption(cfg):
   from lazy_neuron.data import span_corruption
 
-  _int(cfg, "inputs_length", 8, 1 << 20)
-  _float(cfg, "noise_density", 0.0, 1.0)
-  _float(cfg, "mean_noise_span_length", 1.0, float("inf"), lo_open=False)
-  _int(cfg, "targets_length", 2, 1 << 20, none_ok=True)
+  _check(cfg, checks.integer, "inputs_length", min=8, max=1 << 20)
+  _check(cfg, checks.fraction, "noise_density", min_exclusive=True)
+  _check(cfg, checks.number, "mean_noise_span_length", min=1.0)
+  _check(cfg, checks.integer, "targets_length", min=2, max=1 << 20, none_ok=True)
   raw, _ = span_corruption.random_spans_helper(
       cfg["inputs_length"], cfg["noise_density"], cfg["mean_noise_span_length"])
   needed = span_corruption.corrupted_lengths(raw, cfg["noise_density"], cfg["mean_noise_span_length"])[1]
   if cfg["targets_length"] is not None and cfg["targets_length"] < needed:
-    raise UserError(f"data.targets_length={cfg['targets_length']} is too short for inputs_length="
-                    f"{cfg['inputs_length']} at noise density {cfg['noise_density']}; use >= {needed} or None")
-  _int(cfg, "eval_examples", 1)
-  _int(cfg, "eval_seed", 0, 2**63 - 1)
+    raise checks.fail("data.targets_length", cfg["targets_length"],
+                      f"it is too short for inputs_length={cfg['inputs_length']} at noise density "
+                      f"{cfg['noise_density']}; use >= {needed} or None")
+  _check(cfg, checks.integer, "eval_examples", min=1)
+  _check(cfg, checks.integer, "eval_seed", min=0, max=2**63 - 1)
 
 
 def _labels(cfg):
-  _float(cfg, "label_noise", 0.0, 1.0, lo_open=False, hi_open=False)
-  if not isinstance(cfg["random_labels"], bool):
-    raise UserError(f"data.random_labels={cfg['random_labels']!r} is not valid; use true or false")
-  _int(cfg, "label_noise_seed", 0, 2**63 - 1)
-  _bool(cfg, "random_inputs")
-  _bool(cfg, "one_pass")
+  _check(cfg, checks.number, "label_noise", min=0.0, max=1.0)
+  _check(cfg, checks.boolean, "random_labels")
+  _check(cfg, checks.integer, "label_noise_seed", min=0, max=2**63 - 1)
+  _check(cfg, checks.boolean, "random_inputs")
+  _check(cfg, checks.boolean, "one_pass")

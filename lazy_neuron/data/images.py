@@ -61,11 +61,6 @@ def _to_pil(image: np.ndarray):
   return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
 
 
-def _from_pil(img, channels_in: int) -> np.ndarray:
-  x = np.asarray(img)
-  return x[..., None] if x.ndim == 2 else x
-
-
 def _inception_crop(h, w, u, min_area):
   """(top, left, height, width) of a random crop; u: 4 uniforms per attempt."""
   area = h * w
@@ -128,23 +123,23 @@ def preprocess(images, size: int, *, train: bool, augment: str, channels: int | 
       top, left, ch, cw = _inception_crop(h, w, u[i], crop_min_area)
       sx, sy = _draft(img, h, w, w * size / cw, h * size / ch) if encoded else (1.0, 1.0)
       box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
-      img = img.resize((size, size), Image.BILINEAR, box=box)
+      img = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
     elif train or (h == size and w == size):
       if (h, w) != (size, size):
         if encoded:
           _draft(img, h, w, size, size)
-        img = img.resize((size, size), Image.BILINEAR)
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
     else:
       short = max(size, int(round(size / eval_crop_fraction)))
       nh, nw = (short, max(short, int(round(w * short / h)))) if h <= w else (
           max(short, int(round(h * short / w))), short)
       if encoded:
         _draft(img, h, w, nw, nh)
-      img = img.resize((nw, nh), Image.BILINEAR)
+      img = img.resize((nw, nh), Image.Resampling.BILINEAR)
       top, left = (nh - size) // 2, (nw - size) // 2
       img = img.crop((left, top, left + size, top + size))
     if train and augment in ("inception_crop", "flip") and u[i][40] < 0.5:
-      img = img.transpose(Image.FLIP_LEFT_RIGHT)
+      img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if img.mode not in ("L", "RGB"):
       img = img.convert("RGB")
     if channels == 1 and img.mode != "L":

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lazy_neuron import checks
 from lazy_neuron.errors import UserError
 
 STATE_VERSION = 1
@@ -155,15 +156,12 @@ def usable_cores() -> int:
 
 
 def check_batch(batch_size: int, process_index: int, process_count: int) -> int:
-  if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-    raise UserError(f"batch_size={batch_size!r} is not valid; use a positive integer")
-  if not isinstance(process_count, (int, np.integer)) or process_count <= 0:
-    raise UserError(f"process_count={process_count!r} is not valid; use a positive integer")
-  if not isinstance(process_index, (int, np.integer)) or not 0 <= process_index < process_count:
-    raise UserError(f"process_index={process_index!r} is not valid; use 0..{process_count - 1}")
+  batch_size = checks.integer("batch_size", batch_size, min=1)
+  process_count = checks.integer("process_count", process_count, min=1)
+  checks.integer("process_index", process_index, min=0, max=process_count - 1)
   if batch_size % process_count:
-    raise UserError(f"batch_size={batch_size} is not divisible by the process count {process_count}; "
-                    f"use a multiple of {process_count}")
+    raise checks.fail("batch_size", batch_size, f"it is not divisible by the process count "
+                                                f"{process_count}; use a multiple of {process_count}")
   return batch_size // process_count
 
 
