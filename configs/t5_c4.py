@@ -7,28 +7,22 @@
   lazy-neuron train --config=configs/t5_c4.py:runlocal --workdir=/tmp/ln/t5_c4_smoke   # seconds, offline
 
 T5's pre-training recipe: inputs 512 / targets 114 tokens, 15% noise, mean span 3, batch 128 packed
-sequences, 2^19 = 524,288 steps, Adafactor (lr 1e-2, 10k warmup; cosine here, T5 used rsqrt decay). `spm` is T5's
+sequences, 2^19 = 524,288 steps, Adafactor with T5's inverse-square-root schedule (`schedule="rsqrt"`:
+lr 1e-2 held constant for the first 10k steps, then 1e-2 * sqrt(10k / step); this config used
+cosine decay until the rsqrt schedule was fixed to accept integer steps). `spm` is T5's
 standard vocabulary (32,000 pieces; + 100 sentinels = 32,100 ids, `DataInfo.model_vocab_size` 32,128)
-or a model made by `lazy-neuron tokenizer --corpus FILES --vocab-size N --out M`. For scale: the
-PyTorch peer (transformers T5-Base, torch.compile) takes 0.225 s a step of 128 x 512 on one H200
-(ENVIRONMENT.md), ~33 hours for 2^19 steps; ours is not measured yet. Expected (PAPER.md): the MLP
-activation maps of T5-Base fall to 3.0% nonzero; `topk=K` is the Top-k T5; `random_inputs` (uniform random tokens)
-and `one_pass` are the data ablations.
+or a model made by `lazy-neuron tokenizer --corpus FILES --vocab-size N --out M`. The full run is
+days on one GPU (a PyTorch reference step time is in docs/experiments.md). Expected, from the paper
+(docs/paper.md): the MLP activation maps of T5-Base fall to 3.0% nonzero; `topk=K` is the
+Top-k T5; `random_inputs` (uniform random tokens) and `one_pass` are the data ablations.
 
 `runlocal` falls back to the offline docstrings corpus (bytes, 32-token inputs, 6 steps, seconds).
 
 Args: runlocal, spm=PATH, steps=N, variant=tiny|small|base|large|3b|11b, topk=K, random_inputs,
 one_pass, dataset=NAME[:VERSION], data_dir=DIR, batch=B.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-
-from common import base_config, shrink_for_runlocal, size_overrides  # noqa: E402
-
-from lazy_neuron import data  # noqa: E402
-from lazy_neuron.config_lib import parse_arg  # noqa: E402
+from lazy_neuron import data, experiment
+from lazy_neuron.config_lib import parse_arg
 
 
 def get_config(arg=None):
@@ -42,17 +36,13 @@ def get_config(arg=None):
     d = data.get_data_config("c4", dataset=arg.dataset, data_dir=arg.data_dir or None,
                              tokenizer=arg.spm or None, inputs_length=512, eval_examples=1024,
                              random_inputs=arg.random_inputs, one_pass=arg.one_pass, num_threads=8)
-  c = base_config(
-      model=dict(name="t5", variant="tiny" if arg.runlocal else arg.variant, topk=arg.topk or None,
-                 **size_overrides("t5")),
+  c = experiment.base_config(
+      model=experiment.model("t5", variant="tiny" if arg.runlocal else arg.variant, topk=arg.topk),
       data=d,
-      # T5 used rsqrt decay; optim's rsqrt schedule fails on a Python-int step (optim.py:47), so cosine
-      optimizer=dict(name="adafactor", learning_rate=1e-2, warmup_steps=10_000, schedule="cosine",
+      optimizer=dict(name="adafactor", learning_rate=1e-2, warmup_steps=10_000, schedule="rsqrt",
                      weight_decay=0.0, grad_clip_norm=1.0),
-      total_steps=arg.steps, batch_size=arg.batch)
-  c.log_every_steps = 100
-  c.eval_every_steps = 5000
-  c.checkpoint_every_steps = 5000
+      total_steps=arg.steps, batch_size=arg.batch, log_every_steps=100, eval_every_steps=5000,
+      checkpoint_every_steps=5000)
   if arg.runlocal:
-    shrink_for_runlocal(c, steps=6, batch=8, eval_every=3, warmup=2)
+    experiment.shrink_for_runlocal(c, steps=6, batch=8, eval_every=3, warmup=2)
   return c

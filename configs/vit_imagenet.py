@@ -7,15 +7,14 @@
 
 The full run is big_vision's ImageNet-1k-from-scratch recipe without mixup/RandAugment (inception
 crop + flip, batch 1024, 90 epochs = 112,590 steps, AdamW lr 1e-3, weight decay 1e-4, 10k warmup,
-cosine): 115M images; ViT-B/16 trains at 2,600 img/s on one H200 (measured: bf16, batch 256,
-docs/bench/vit_b16_1gpu_dense.json), so ~12 hours there, ~6.7 hours on two. The paper reports 6.3%
-nonzero MLP activations for a ViT-B/16 trained on ImageNet-21k (PAPER.md);
-`label_noise=p`, `random_labels`, `random_inputs` and `one_pass` are its data ablations, `topk=K` its
-Top-k ViT. The input pipeline needs ~2,600 img/s for B/16 on one H200 and runs one grain worker
-process per usable core by default (`workers=-1`) and ships uint8 pixels that the model normalises on
-the device (`data.image_dtype="uint8"`): measured on the H200's 16 cores, 3,874 img/s from JPEG
-ArrayRecords, and a training step fed by it within 0.6% of one fed a fixed batch
-(`lazy-neuron bench input`, `lazy-neuron bench train --input=pipeline`; docs/data.md).
+cosine): 115M images, about half a day for ViT-B/16 on one recent GPU (measured step rate and input
+rate, with their hardware: docs/experiments.md and docs/data.md). The paper reports 6.3% nonzero
+MLP activations for a ViT-B/16 trained on ImageNet-21k (docs/paper.md); `label_noise=p`,
+`random_labels`, `random_inputs` and `one_pass` are its data ablations, `topk=K` its Top-k ViT.
+The input pipeline runs one grain worker process per usable core by default (`workers=-1`) and
+ships uint8 pixels that the model normalises on the device (`data.image_dtype="uint8"`), so that it
+keeps up with a B/16 step; check that on your machine with `lazy-neuron bench input` and
+`lazy-neuron bench train --input=pipeline`.
 
 `runlocal` trains 4 steps of a 2-layer tiny ViT on scikit-learn's digits (offline, seconds) with the
 same data switches, so every argument is exercised without ImageNet.
@@ -25,15 +24,8 @@ random_inputs, one_pass, dataset=NAME (any TFDS image dataset, e.g. imagenet2012
 data_dir=DIR, batch=B, workers=W (grain worker processes; -1: one per usable core, 0: 8 threads in
 the training process), pool=token|gap.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-
-from common import base_config, shrink_for_runlocal, size_overrides  # noqa: E402
-
-from lazy_neuron import data  # noqa: E402
-from lazy_neuron.config_lib import parse_arg  # noqa: E402
+from lazy_neuron import data, experiment
+from lazy_neuron.config_lib import parse_arg
 
 IMAGENET_TRAIN = 1_281_167
 
@@ -53,18 +45,13 @@ def get_config(arg=None):
         augment="inception_crop", num_workers=arg.workers, num_threads=0 if arg.workers else 8,
         prefetch=max(4, 2 * arg.workers), image_dtype="uint8", **switches)
   steps = arg.steps or (1 if arg.runlocal else 90 * IMAGENET_TRAIN // arg.batch)
-  c = base_config(
-      model=dict(name="vit", variant="tiny" if arg.runlocal else arg.variant, topk=arg.topk or None,
-                 pool=arg.pool, head_bias_init=0.0, **size_overrides("vit")),
+  c = experiment.base_config(
+      model=experiment.model("vit", variant="tiny" if arg.runlocal else arg.variant,
+                             topk=arg.topk, pool=arg.pool, head_bias_init=0.0),
       data=d,
-      optimizer=dict(name="adamw", learning_rate=1e-3, warmup_steps=10_000, schedule="cosine",
-                     weight_decay=1e-4, grad_clip_norm=1.0),
-      total_steps=steps, batch_size=arg.batch)
-  c.log_every_steps = 100
-  c.eval_every_steps = 5000
-  c.checkpoint_every_steps = 2000
+      optimizer=experiment.vision_optimizer(warmup_steps=10_000),
+      total_steps=steps, batch_size=arg.batch, log_every_steps=100, eval_every_steps=5000,
+      checkpoint_every_steps=2000)
   if arg.runlocal:
-    shrink_for_runlocal(c, steps=4, batch=16)
-    c.model.depth = 2
-    c.model.mlp_dim = 256
+    experiment.shrink_for_runlocal(c, steps=4, batch=16, depth=2, mlp_dim=256)
   return c

@@ -156,44 +156,46 @@ def start_script(worker: str, code_dir: str, log_dir: str, train: str) -> str:
   ])
 
 
+def _run_script(worker: str, log_dir: str, *commands: str) -> str:
+  """One line of bash about this worker's run: sets W (the worker) and P (the run's pid, empty when
+  none was started), then runs `commands`."""
+  return "; ".join([f"W={worker}", f"P=$(cat {home(log_dir)}/train.pid 2>/dev/null)", *commands])
+
+
+def _if_running(then: str, otherwise: str) -> str:
+  """bash: `then` while the process $P is alive, else `otherwise`."""
+  return f"if [ -n \"$P\" ] && kill -0 \"$P\" 2>/dev/null; then {then}; else {otherwise}; fi"
+
+
 def check_script(worker: str, log_dir: str, tail_lines: int = 20) -> str:
   """One line of bash: say whether this worker's run is going, finished cleanly, or failed."""
   logs = home(log_dir)
-  return "; ".join([
-      f"W={worker}",
-      f"P=$(cat {logs}/train.pid 2>/dev/null)",
+  return _run_script(
+      worker, log_dir,
       f"E=$(cat {logs}/train.exit 2>/dev/null)",
       f"if [ -n \"$P\" ] && kill -0 \"$P\" 2>/dev/null; then echo \"{TAG}: worker $W: running (pid $P)\"; "
       f"elif [ \"$E\" = 0 ]; then echo \"{TAG}: worker $W: finished (exit code 0)\"; "
       f"else echo \"{TAG}: worker $W: NOT RUNNING (exit code ${{E:-unknown}}); last lines of ~/{log_dir}/train.log:\"; "
-      f"tail -n {tail_lines} {logs}/train.log 2>/dev/null; exit 1; fi",
-  ])
+      f"tail -n {tail_lines} {logs}/train.log 2>/dev/null; exit 1; fi")
 
 
 def stream_script(worker: str, log_dir: str) -> str:
   """One line of bash: print the log from the start and follow it until the run ends."""
   logs = home(log_dir)
-  return "; ".join([
-      f"W={worker}",
-      f"P=$(cat {logs}/train.pid 2>/dev/null)",
-      f"if [ -n \"$P\" ] && kill -0 \"$P\" 2>/dev/null; then tail --pid=\"$P\" -s 0.5 -n +1 -F {logs}/train.log; "
-      f"else cat {logs}/train.log; fi",
+  return _run_script(
+      worker, log_dir,
+      _if_running(f"tail --pid=\"$P\" -s 0.5 -n +1 -F {logs}/train.log", f"cat {logs}/train.log"),
       f"E=$(cat {logs}/train.exit 2>/dev/null)",
       f"echo \"{TAG}: worker $W: run ended (exit code ${{E:-unknown}})\"",
-      "exit ${E:-1}",
-  ])
+      "exit ${E:-1}")
 
 
 def stop_script(worker: str, log_dir: str) -> str:
   """One line of bash: end this worker's run (its whole process group), if one is going."""
-  logs = home(log_dir)
-  return "; ".join([
-      f"W={worker}",
-      f"P=$(cat {logs}/train.pid 2>/dev/null)",
-      f"if [ -n \"$P\" ] && kill -0 \"$P\" 2>/dev/null; then kill -TERM -- -\"$P\"; "
-      f"for i in $(seq 300); do kill -0 \"$P\" 2>/dev/null || break; sleep 0.2; done; "
-      f"echo \"{TAG}: worker $W: stopped pid $P\"; else echo \"{TAG}: worker $W: no run going\"; fi",
-  ])
+  stop = ("kill -TERM -- -\"$P\"; "
+          "for i in $(seq 300); do kill -0 \"$P\" 2>/dev/null || break; sleep 0.2; done; "
+          f"echo \"{TAG}: worker $W: stopped pid $P\"")
+  return _run_script(worker, log_dir, _if_running(stop, f"echo \"{TAG}: worker $W: no run going\""))
 
 
 def parse_status(text: str) -> dict[str, str]:

@@ -1,12 +1,13 @@
 """The `lazy-neuron` entry point: `lazy-neuron <command> [flags]`.
 
 Each command lives in its own module with a `main(argv)`; `python -m lazy_neuron.<module>` is the
-same program.
+same program. `dispatch` is the one subcommand dispatcher (`lazy-neuron bench <name>` uses it too).
 """
 from __future__ import annotations
 
 import importlib
 import sys
+from typing import Mapping, Sequence
 
 COMMANDS = {
     "train": ("lazy_neuron.train", "train a config: --config=configs/<exp>.py[:args] --workdir=DIR"),
@@ -18,23 +19,43 @@ COMMANDS = {
 }
 
 
-def _usage() -> str:
-  lines = ["usage: lazy-neuron <command> [flags]", "", "commands:"]
-  lines += [f"  {name:<10} {doc}" for name, (_, doc) in COMMANDS.items()]
-  return "\n".join(lines)
+def prog_name(argv: Sequence[str], default: str) -> str:
+  """The program name for usage and error lines: argv[0] as the dispatcher passes it
+  ("lazy-neuron report"), or `default` when run as `python -m lazy_neuron.<module>` (a .py path)."""
+  if argv and argv[0] and not argv[0].endswith(".py"):
+    return argv[0]
+  return default
+
+
+def dispatch(argv: Sequence[str], commands: Mapping[str, tuple[str, str]], *, prog: str,
+             what: str = "command") -> int:
+  """`prog <name> [flags]` -> `main([f"{prog} <name>", *flags])` of the module `commands[name][0]`.
+
+  `--help` (or `help`) lists `commands` with their one-line docs and returns 0; a missing or unknown
+  name is one `lazy-neuron: error: ...` line and exit code 2, like every other usage error.
+  """
+  from lazy_neuron import checks, errors
+  from lazy_neuron.errors import UserError
+
+  argv = list(argv)
+  if len(argv) >= 2 and argv[1] in ("-h", "--help", "help"):
+    print(f"usage: {prog} <{what}> [flags]\n\n{what}s:")
+    width = max(len(name) for name in commands) + 2
+    for name, (_, doc) in commands.items():
+      print(f"  {name:<{width}} {doc}")
+    return 0
+  valid = f"choose one of {', '.join(commands)} (see {prog} --help)"
+  if len(argv) < 2:
+    return errors.report(UserError(f"no {what} given; {valid}"))
+  name = argv[1]
+  if name not in commands:
+    return errors.report(checks.fail(what, name, valid))
+  module = importlib.import_module(commands[name][0])
+  return module.main([f"{prog} {name}"] + argv[2:]) or 0
 
 
 def main(argv: list[str] | None = None) -> int:
-  argv = list(sys.argv if argv is None else argv)
-  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
-    print(_usage())
-    return 0 if len(argv) >= 2 else 2
-  name = argv[1]
-  if name not in COMMANDS:
-    print(f"lazy-neuron: unknown command {name!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
-    return 2
-  module = importlib.import_module(COMMANDS[name][0])
-  return module.main([f"lazy-neuron {name}"] + argv[2:]) or 0
+  return dispatch(sys.argv if argv is None else argv, COMMANDS, prog="lazy-neuron")
 
 
 if __name__ == "__main__":

@@ -129,18 +129,8 @@ class Progress:
     print(" | ".join(parts), file=self.stream, flush=True)
 
 
-def _short(layer: str) -> str:
-  # encoder/layer_00 -> enc0, decoder/layer_11 -> dec11, vit/layer_03 -> L3, mixer/token_03 -> tok3
-  scope, _, name = layer.rpartition("/")
-  idx = "".join(ch for ch in name if ch.isdigit()).lstrip("0") or "0"
-  prefix = {"encoder": "enc", "decoder": "dec"}.get(scope, "")
-  if name.startswith("token"):
-    prefix = "tok"
-  elif name.startswith("channel"):
-    prefix = "ch"
-  elif not prefix:
-    prefix = "L"
-  return prefix + idx
+# One naming rule for layers in the progress line and in `lazy-neuron report`'s figures.
+from lazy_neuron.sparsity.summary import short_layer as _short  # noqa: E402
 
 
 class PendingMetrics:

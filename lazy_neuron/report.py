@@ -7,7 +7,6 @@ read and checked before anything is written, so bad input leaves OUT untouched.
 """
 from __future__ import annotations
 
-import argparse
 import html
 import io
 import json
@@ -19,12 +18,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lazy_neuron import results
+from lazy_neuron import errors, fileio, results
 from lazy_neuron.errors import UserError
-from lazy_neuron import errors
 from lazy_neuron.results import LAZY_FIRING_RATE, Run
+from lazy_neuron.sparsity.summary import short_layer
 
-INIT_NONZERO_PCT = 50.0  # a ReLU of zero-mean pre-activations fires half the time (PAPER.md)
+# A ReLU of zero-mean, symmetric pre-activations (a freshly initialised layer) fires half the time.
+INIT_NONZERO_PCT = 50.0
 SPLITS = ("train", "eval")
 # Per-run figure files, relative to OUT/<run slug>/.
 RUN_FIGURES = {"layers_vs_step": "layers_vs_step.png", "final_layers": "final_layers.png",
@@ -32,17 +32,7 @@ RUN_FIGURES = {"layers_vs_step": "layers_vs_step.png", "final_layers": "final_la
 COMPARE_FIGURES = {"compare_sparsity": "compare_sparsity.png", "compare_loss": "compare_loss.png"}
 
 
-# ---- layer names and colours -------------------------------------------------------------------
-def short_layer(layer: str) -> str:
-  """encoder/layer_00 -> enc0, decoder/layer_11 -> dec11, mixer/token_03 -> tok3, vit/layer_03 -> L3."""
-  scope, _, name = layer.rpartition("/")
-  idx = "".join(ch for ch in name if ch.isdigit()).lstrip("0") or "0"
-  for prefix, short in (("token", "tok"), ("channel", "ch")):
-    if name.startswith(prefix):
-      return short + idx
-  return {"encoder": "enc", "decoder": "dec"}.get(scope.split("/")[0], "L") + idx
-
-
+# ---- layer groups and colours ------------------------------------------------------------------
 def layer_group(layer: str) -> str:
   """What gets one colour family / one histogram panel: encoder, decoder, mixer token/channel."""
   scope, _, name = layer.rpartition("/")
@@ -365,15 +355,10 @@ def render_html(summaries: Sequence[dict], compare: dict[str, str]) -> str:
   return "\n".join(parts)
 
 
-def _write(path, data: bytes) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_bytes(data)
-
-
 def _save_fig(fig, path) -> None:
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=110)  # Figure's default canvas is Agg: no display needed
-  _write(path, buf.getvalue())
+  fileio.write_atomic(path, buf.getvalue())
 
 
 def write_report(runs: Sequence[Run], out: str) -> str:
@@ -394,15 +379,10 @@ def write_report(runs: Sequence[Run], out: str) -> str:
       compare[kind] = COMPARE_FIGURES[kind]
       _save_fig(make(runs), root / compare[kind])
   summary = {"generated_by": "lazy-neuron report", "runs": summaries, "figures": compare}
-  _write(root / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
+  fileio.write_atomic(root / "summary.json", json.dumps(summary, indent=1) + "\n")
   index = root / "index.html"
-  _write(index, render_html(summaries, compare).encode())
+  fileio.write_atomic(index, render_html(summaries, compare))
   return os.fspath(index)
-
-
-class _Parser(argparse.ArgumentParser):
-  def error(self, message: str):  # argparse's own two-line usage error -> our one-line UserError
-    raise UserError(f"{message}; usage: {self.prog} DIR [DIR ...] --out=OUT")
 
 
 def _check_out(out: str) -> None:
@@ -413,20 +393,19 @@ def _check_out(out: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  from lazy_neuron import cli, flags
+
   argv = list(sys.argv if argv is None else argv)
-  prog = argv[0] if argv and not argv[0].endswith(".py") else "lazy-neuron report"
-  parser = _Parser(prog=prog,
-                   description="Figures, index.html and summary.json from one or more workdirs.")
-  parser.add_argument("workdirs", nargs="+", metavar="DIR", help="workdirs of `lazy-neuron train`")
-  parser.add_argument("--out", required=True, help="output folder (local or gs://)")
+  p = flags.parser(cli.prog_name(argv, "lazy-neuron report"),
+                   "Figures, index.html and summary.json from one or more workdirs.")
+  p.add_argument("workdirs", nargs="+", metavar="DIR", help="workdirs of `lazy-neuron train`")
+  p.add_argument("--out", required=True, help="output folder (local or gs://)")
   try:
-    args = parser.parse_args(argv[1:])
+    args, _ = flags.parse(p, argv[1:])
     runs = results.load_runs(args.workdirs)  # all read and checked before anything is written
     _check_out(args.out)
   except UserError as e:
     return errors.report(e)
-  except SystemExit as e:  # --help
-    return int(e.code or 0)
   print(write_report(runs, args.out))
   return 0
 

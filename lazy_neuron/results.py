@@ -7,7 +7,8 @@
     run.firing()                # {layer: per-neuron firing frequency [d_ff]} at the last npz step
     run.final("eval/loss")
 
-Reads the Workdir contract of DESIGN.md: config.json, metrics.jsonl, sparsity/step_<N>.npz.
+Reads what `lazy-neuron train` writes into a workdir: config.json, metrics.jsonl and
+sparsity/step_<N>.npz (the workdir layout is in README.md, "Workdir").
 Only numpy and etils are imported, so notebooks and the report start fast (no jax).
 """
 from __future__ import annotations

@@ -209,6 +209,16 @@ def test_report_bad_input(args, workdirs, tmp_path, capsys):
   assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("layer, short", [
+    ("encoder/layer_00", "enc0"), ("decoder/layer_11", "dec11"), ("mixer/token_03", "tok3"),
+    ("mixer/channel_10", "ch10"), ("vit/layer_03", "L3"), ("mlp/layer_00", "L0")])
+def test_layer_short_names_are_one_rule_for_the_report_and_the_progress_line(layer, short):
+  from lazy_neuron import metrics
+  from lazy_neuron.sparsity import summary
+  assert summary.short_layer(layer) == short
+  assert report.short_layer is summary.short_layer and metrics._short is summary.short_layer
+
+
 # ---- notebook ----------------------------------------------------------------------------------
 def _notebook(repo_root) -> dict:
   with open(os.path.join(repo_root, "notebooks", "inspect_run.ipynb")) as f:

@@ -4,30 +4,36 @@ Each benchmark is a module `lazy_neuron.bench.<name>` with `main(argv) -> int`.
 """
 from __future__ import annotations
 
-import importlib
 import sys
 
 BENCHMARKS = {
-    "topk": "Top-k mask kernels vs copy floor, lax.top_k, approx_max_k, torch.topk",
-    "train": "training-step throughput of a config (dense vs top-k, sparsity on/off)",
-    "input": "input-pipeline throughput (images/s decoded from JPEG records, tokens/s of text)",
+    "topk": ("lazy_neuron.bench.topk",
+             "Top-k mask kernels vs copy floor, lax.top_k, approx_max_k, torch.topk"),
+    "train": ("lazy_neuron.bench.train",
+              "training-step throughput of a config (dense vs top-k, sparsity on/off)"),
+    "input": ("lazy_neuron.bench.input",
+              "input-pipeline throughput (images/s decoded from JPEG records, tokens/s of text)"),
 }
 
 
+def int_list(name: str, text: str, *, min: int, example: str) -> list[int]:
+  """A comma list of integers from a flag (`--D=1024,3072`), each >= `min`."""
+  from lazy_neuron import checks
+  try:
+    values = [int(v) for v in text.split(",") if v.strip()]
+  except ValueError:
+    values = []
+  if not values or any(v < min for v in values):
+    raise checks.fail(name, text, f"use a comma list of integers >= {min}, e.g. {example}")
+  return values
+
+
 def main(argv: list[str] | None = None) -> int:
+  from lazy_neuron import cli
+
   argv = list(sys.argv if argv is None else argv)
-  if len(argv) < 2 or argv[1] in ("-h", "--help"):
-    print("usage: lazy-neuron bench <name> [flags]\n\nbenchmarks:")
-    for name, doc in BENCHMARKS.items():
-      print(f"  {name:<8} {doc}")
-    return 0 if len(argv) >= 2 else 2
-  name = argv[1]
-  if name not in BENCHMARKS:
-    print(f"lazy-neuron bench: unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}",
-          file=sys.stderr)
-    return 2
-  module = importlib.import_module(f"lazy_neuron.bench.{name}")
-  return module.main([f"{argv[0]} {name}"] + argv[2:]) or 0
+  return cli.dispatch(argv, BENCHMARKS, prog=cli.prog_name(argv, "lazy-neuron bench"),
+                      what="benchmark")
 
 
 if __name__ == "__main__":

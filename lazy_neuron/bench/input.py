@@ -14,7 +14,6 @@ Needs only numpy, PIL, grain, array_record and tensorflow_datasets (not ml_colle
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -155,10 +154,11 @@ def _pixels(jpeg) -> int:
   return img.size[0] * img.size[1]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  argv = list(sys.argv if argv is None else argv)
-  p = argparse.ArgumentParser(prog=argv[0] if argv else "lazy-neuron bench input",
-                              description=__doc__.split("\n\n")[0])
+def _parse_flags(argv: list[str]):
+  from lazy_neuron import checks, cli, flags
+  from lazy_neuron.bench import int_list
+
+  p = flags.parser(cli.prog_name(argv, "lazy-neuron bench input"), __doc__.split("\n\n")[0])
   p.add_argument("--make-records", "--make_records", type=int, default=2048,
                  help="JPEG records to write (reused when --dir already holds this many)")
   p.add_argument("--dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "ln_bench_input"))
@@ -175,19 +175,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("--image-dtype", "--image_dtype", default="float32", choices=("float32", "uint8"),
                  help="batch dtype: float32 (normalised on the host) or uint8 (normalised by the model)")
   p.add_argument("--out", default="bench_input.json")
-  args = p.parse_args(argv[1:])
+  args, _ = flags.parse(p, argv[1:])
+  checks.integer("--batch-size", args.batch_size, min=1)
+  checks.integer("--image-size", args.image_size, min=1)
+  checks.integer("--threads", args.threads, min=1, none_ok=True)
+  checks.integer("--batches", args.batches, min=1, none_ok=True)
+  checks.integer("--warmup", args.warmup, min=0)
+  checks.integer("--decode-images", args.decode_images, min=0)
+  if args.make_records < args.batch_size:
+    raise checks.fail("--make-records", args.make_records,
+                      f"use at least --batch-size={args.batch_size} records")
+  if args.workers is not None:
+    args.workers = int_list("--workers", args.workers, min=-1, example="0,8,16")
+  return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  from lazy_neuron import errors
+  from lazy_neuron.errors import UserError
+
+  argv = list(sys.argv if argv is None else argv)
+  try:
+    args = _parse_flags(argv)
+  except UserError as e:
+    return errors.report(e)
   from absl import flags
 
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
   hw = hardware()
   cpus = hw["cpus_usable"] or 1
-  workers = [cpus if int(w) == -1 else int(w) for w in (args.workers or f"0,{cpus}").split(",")
-             if w.strip()]
+  workers = [cpus if w == -1 else w for w in (args.workers or [0, cpus])]
   threads = args.threads or cpus
-  if args.make_records < args.batch_size:
-    print(f"--make-records={args.make_records} must be >= --batch-size={args.batch_size}", file=sys.stderr)
-    return 2
   t0 = time.perf_counter()
   data_dir = make_records(args.dir, args.make_records)
   made = time.perf_counter() - t0

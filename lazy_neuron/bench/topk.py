@@ -17,7 +17,6 @@ Imports only jax, numpy (and optionally torch): it runs on machines without the 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -154,14 +153,18 @@ def _fmt(v):
   return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def main(argv=None) -> int:
-  argv = list(sys.argv if argv is None else argv)
-  p = argparse.ArgumentParser(prog=argv[0], description=__doc__.splitlines()[0])
+def _parse_flags(argv):
+  from lazy_neuron import checks, cli, flags
+  from lazy_neuron.bench import int_list
+  from lazy_neuron.kernels import topk as topk_lib
+
+  p = flags.parser(cli.prog_name(argv, "lazy-neuron bench topk"), __doc__.splitlines()[0])
   p.add_argument("--out", default=None, help="write results JSON here")
-  p.add_argument("--T", type=int, default=65536)
-  p.add_argument("--D", default="1024,3072,4096,16384")
-  p.add_argument("--k", default="16,64,128,512")
-  p.add_argument("--dtypes", default="bfloat16,float32")
+  p.add_argument("--T", type=int, default=65536, help="rows (tokens) per call")
+  p.add_argument("--D", default="1024,3072,4096,16384", help="comma list of row widths")
+  p.add_argument("--k", default="16,64,128,512", help="comma list of k")
+  p.add_argument("--dtypes", default="bfloat16,float32",
+                 help="comma list of bfloat16, float16, float32")
   p.add_argument("--backend", default="auto")
   p.add_argument("--baselines", default="lax,approx,torch",
                  help="comma list of lax, approx, torch (empty for none)")
@@ -172,11 +175,33 @@ def main(argv=None) -> int:
                  help="per (D, dtype): time Triton launch configs at k=128, use the best")
   p.add_argument("--quick", action="store_true", help="tiny grid, seconds on a CPU")
   p.add_argument("--hardware", default=None, help="hardware name recorded in the JSON")
-  a = p.parse_args(argv[1:])
+  a, _ = flags.parse(p, argv[1:])
   if a.quick:
     a.T, a.D, a.k, a.dtypes = 2048, "1024", "16,128", "float32"
+  checks.integer("--T", a.T, min=1)
+  a.D, a.k = (int_list("--D", a.D, min=1, example="1024,3072"),
+                int_list("--k", a.k, min=1, example="16,128"))
+  a.dtypes = a.dtypes.split(",")
+  for dtype in a.dtypes:
+    checks.choice("--dtypes", dtype, ("bfloat16", "float16", "float32"))
+  a.baselines = [b for b in a.baselines.split(",") if b]
+  for b in a.baselines:
+    checks.choice("--baselines", b, ("lax", "approx", "torch"))
+  a.backend = topk_lib.resolve_backend(checks.choice("--backend", a.backend, topk_lib.BACKENDS))
+  return a
+
+
+def main(argv=None) -> int:
+  from lazy_neuron import errors
+  from lazy_neuron.errors import UserError
+
+  argv = list(sys.argv if argv is None else argv)
+  try:
+    a = _parse_flags(argv)
+  except UserError as e:
+    return errors.report(e)
   from lazy_neuron.kernels import topk as topk_lib
-  backend = topk_lib.resolve_backend(a.backend)
+  backend = a.backend  # resolved: the name of the implementation that runs
   dev = jax.devices()[0]
   torch = _torch() if "torch" in a.baselines else None
   meta = dict(hardware=a.hardware or getattr(dev, "device_kind", str(dev)),
@@ -187,10 +212,9 @@ def main(argv=None) -> int:
   cols = ["dtype", "D", "k", "copy_ms", "fwd_ms", "bwd_ms", "lax_ms", "approx_ms", "torch_ms",
           "exact"]
   print(" ".join(f"{c:>9}" for c in cols), flush=True)
-  baselines = [b for b in a.baselines.split(",") if b]
   tuned = []
-  for dtype in a.dtypes.split(","):
-    for d in [int(v) for v in a.D.split(",")]:
+  for dtype in a.dtypes:
+    for d in a.D:
       if a.tune and dev.platform == "gpu" and backend == "pallas_gpu":
         from lazy_neuron.kernels.topk import pallas_gpu
         res = sweep(a.T, d, min(128, d), jnp.dtype(dtype), _tune_candidates(d))
@@ -199,10 +223,10 @@ def main(argv=None) -> int:
         pallas_gpu.TUNED[(d, jnp.dtype(dtype).name)] = cfg
         tuned.append(dict(D=d, dtype=jnp.dtype(dtype).name, config=cfg, all=res))
         print(f"# tuned D={d} {dtype}: {cfg} {best['fwd_ms']:.3f} ms", flush=True)
-      for k in [int(v) for v in a.k.split(",")]:
+      for k in a.k:
         if k > d:
           continue
-        rec = run_one(a.T, d, k, jnp.dtype(dtype), backend=backend, baselines=baselines,
+        rec = run_one(a.T, d, k, jnp.dtype(dtype), backend=backend, baselines=a.baselines,
                       data=a.data, torch=torch, check=not a.no_check)
         results.append(rec)
         print(" ".join(f"{_fmt(rec.get(c)):>9}" for c in cols), flush=True)

@@ -17,7 +17,6 @@ Then: `--config.data.data_dir=DST` (or `data_dir=DST` in the config's args).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import struct
@@ -215,17 +214,17 @@ def convert(dataset: str, data_dir: str, out_dir: str, *, workers: int = 8,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  from lazy_neuron import checks, cli, flags
+
   argv = list(sys.argv if argv is None else argv)
-  p = argparse.ArgumentParser(prog=argv[0] if argv else "lazy-neuron convert",
-                              description=__doc__.split("\n\n")[0])
+  p = flags.parser(cli.prog_name(argv, "lazy-neuron convert"), __doc__.split("\n\n")[0])
   p.add_argument("--dataset", required=True, help="TFDS name, e.g. imagenet2012 or cifar100:3.0.2")
   p.add_argument("--data_dir", "--data-dir", required=True, help="where it is prepared as TFRecord")
   p.add_argument("--out_dir", "--out-dir", required=True, help="TFDS data dir to write ArrayRecord into")
   p.add_argument("--workers", type=int, default=8, help="shards converted at once")
-  args = p.parse_args(argv[1:])
   try:
-    if args.workers < 1:
-      raise UserError(f"--workers={args.workers} is not valid; use an integer >= 1")
+    args, _ = flags.parse(p, argv[1:])
+    checks.integer("--workers", args.workers, min=1)
     convert(args.dataset, args.data_dir, args.out_dir, workers=args.workers)
   except UserError as e:
     return errors.report(e)

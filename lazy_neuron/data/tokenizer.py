@@ -16,7 +16,6 @@ library's docstrings.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import os
@@ -187,10 +186,13 @@ def get(cfg):
 
 # --- command line -------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
+  from lazy_neuron import checks, cli, flags
+  from lazy_neuron.data import docstrings
+
   argv = list(sys.argv if argv is None else argv)
-  parser = argparse.ArgumentParser(
-      prog=argv[0] if argv else "lazy-neuron tokenizer",
-      description="Train a sentencepiece model (T5 ids: pad 0, eos 1, unk 2, no bos) from text files.")
+  parser = flags.parser(
+      cli.prog_name(argv, "lazy-neuron tokenizer"),
+      "Train a sentencepiece model (T5 ids: pad 0, eos 1, unk 2, no bos) from text files.")
   parser.add_argument("--corpus", required=True,
                       help="comma-separated text files or glob patterns, or 'stdlib' (Python docstrings)")
   parser.add_argument("--vocab_size", "--vocab-size", type=int, required=True,
@@ -199,12 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--model_type", "--model-type", default="bpe", choices=["bpe", "unigram"])
   parser.add_argument("--max_bytes", "--max-bytes", type=int, default=4_000_000,
                       help="train on at most this many bytes of text lines")
-  args = parser.parse_args(argv[1:])
-  from lazy_neuron.data import docstrings
-
   try:
-    if args.vocab_size < 4:
-      raise UserError(f"--vocab-size={args.vocab_size} is too small; use at least 4")
+    args, _ = flags.parse(parser, argv[1:])
+    checks.integer("--vocab-size", args.vocab_size, min=4)
+    checks.integer("--max-bytes", args.max_bytes, min=1)
     start = time.time()
     if args.corpus.strip() == "stdlib":
       cfg = {"corpus_files": None, "stdlib_path": None, "max_corpus_bytes": None, "eval_fraction": 0.0,

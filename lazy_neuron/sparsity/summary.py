@@ -3,7 +3,8 @@
 The collection is a tree whose leaves are dicts {fire [d_ff], tokens [], nonzero []}, placed at the
 MLP block's module path. The layer name of a block is its path with a trailing `mlp` dropped:
 `encoder/layer_00/mlp` -> `encoder/layer_00`, `mixer/token_03` -> `mixer/token_03`. These names are
-the `<layer>` of the metric names `sparsity/<split>/<layer>/nonzero_frac` (DESIGN.md).
+the `<layer>` of the metric names `sparsity/<split>/<layer>/nonzero_frac`; `short_layer` is their
+short form in the progress line and the report's figures (`enc0`, `dec11`, `tok3`, `L3`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import os
 from typing import Any, Mapping
 
 import numpy as np
+
+from lazy_neuron import fileio
 
 # A neuron is "lazy" when it fires on fewer than this fraction of tokens (but is not dead).
 LAZY_FIRING_RATE = 0.01
@@ -85,8 +88,20 @@ def layer_sort_key(layer: str) -> tuple:
   return (rank, scope, int(digits) if digits else -1, 0 if name.startswith("token") else 1, name)
 
 
+def short_layer(layer: str) -> str:
+  """encoder/layer_00 -> enc0, decoder/layer_11 -> dec11, mixer/token_03 -> tok3,
+  mixer/channel_03 -> ch3, vit/layer_03 (any other scope) -> L3."""
+  scope, _, name = layer.rpartition("/")
+  idx = "".join(ch for ch in name if ch.isdigit()).lstrip("0") or "0"
+  for prefix, short in (("token", "tok"), ("channel", "ch")):
+    if name.startswith(prefix):
+      return short + idx
+  return {"encoder": "enc", "decoder": "dec"}.get(scope.split("/")[0], "L") + idx
+
+
 def metrics_from_stats(stats: Mapping[str, LayerStats], split: str) -> dict[str, float]:
-  """The DESIGN.md metric names for one split."""
+  """The sparsity metrics of one split: `sparsity/<split>/<layer>/{nonzero,dead,lazy}_frac` and
+  their means over layers, `sparsity/<split>/mean/...`."""
   out: dict[str, float] = {}
   fracs, dead, lazy = [], [], []
   for layer, s in stats.items():
@@ -113,7 +128,7 @@ def save_npz(directory: str, step: int, stats: Mapping[str, LayerStats]) -> str:
   buf = io.BytesIO()
   np.savez_compressed(buf, **arrays)
   path = _join(directory, "sparsity", f"step_{step}.npz")
-  _atomic_write(path, buf.getvalue())
+  fileio.write_atomic(path, buf.getvalue())
   return path
 
 
@@ -128,12 +143,3 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
 def _join(*parts: str) -> str:
   from etils import epath
   return os.fspath(epath.Path(parts[0]).joinpath(*parts[1:]))
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-  from etils import epath
-  p = epath.Path(path)
-  p.parent.mkdir(parents=True, exist_ok=True)
-  tmp = p.parent / (p.name + ".tmp")
-  tmp.write_bytes(data)
-  tmp.replace(p)

@@ -1,32 +1,39 @@
-"""Pieces shared by the experiment configs (imported by path-loaded config files)."""
+"""Building blocks of the experiment configs in configs/.
+
+Config files are loaded by path (`--config=configs/<exp>.py[:args]`), so what they share lives here,
+in the package, and they import it like any other module: `from lazy_neuron import experiment`.
+"""
 from __future__ import annotations
 
 import ml_collections
 
 from lazy_neuron import optim
 
+_placeholder = ml_collections.config_dict.placeholder
+
 
 def base_config(*, model: dict, data: ml_collections.ConfigDict, optimizer: dict,
-                total_steps: int, batch_size: int, seed: int = 0) -> ml_collections.ConfigDict:
-  """The keys every experiment has (DESIGN.md), with sane defaults."""
+                total_steps: int, batch_size: int, seed: int = 0, log_every_steps: int = 50,
+                eval_every_steps: int = 200,
+                checkpoint_every_steps: int = 500) -> ml_collections.ConfigDict:
+  """The keys every experiment has (the ones `lazy-neuron train` requires), with sane defaults."""
   c = ml_collections.ConfigDict()
   c.seed = seed
   c.total_steps = total_steps
   c.batch_size = batch_size              # global
   c.eval_batch_size = batch_size
-  c.log_every_steps = 50
-  c.eval_every_steps = 200
-  c.checkpoint_every_steps = 500
+  c.log_every_steps = log_every_steps
+  c.eval_every_steps = eval_every_steps
+  c.checkpoint_every_steps = checkpoint_every_steps
   c.keep_checkpoints = 3                 # keep the last N checkpoints
-  c.keep_checkpoint_every_steps = ml_collections.config_dict.placeholder(int)  # and every M
+  c.keep_checkpoint_every_steps = _placeholder(int)  # and every M
   c.tensorboard = True                   # event files when the `tf` extra is installed
   # A step with a non-finite loss, gradient or update: False stops the run with an error (last good
   # checkpoint kept); True keeps the old params/optimizer state and counts train/skipped_updates.
   c.skip_nonfinite_updates = False
   c.model = ml_collections.ConfigDict(dict(
       name="t5", variant="tiny", activation="relu", activation_threshold=0.0,
-      topk=ml_collections.config_dict.placeholder(int), topk_backend="auto", dtype="float32",
-      dropout_rate=0.0, remat=False))
+      topk=_placeholder(int), topk_backend="auto", dtype="float32", dropout_rate=0.0, remat=False))
   for key, value in model.items():
     c.model[key] = value
   c.data = data
@@ -39,7 +46,6 @@ def base_config(*, model: dict, data: ml_collections.ConfigDict, optimizer: dict
 
 def size_overrides(name: str) -> dict:
   """Every architecture-size key of a model, None = the variant's value (settable from the CLI)."""
-  ph = ml_collections.config_dict.placeholder
   keys = {
       "t5": dict(emb_dim=int, num_heads=int, head_dim=int, mlp_dim=int, num_encoder_layers=int,
                  num_decoder_layers=int),
@@ -48,16 +54,31 @@ def size_overrides(name: str) -> dict:
                     patch_size=int),
       "mlp": dict(mlp_dim=int),
   }[name]
-  return {k: ph(t) for k, t in keys.items()}
+  return {k: _placeholder(t) for k, t in keys.items()}
+
+
+def model(name: str, *, variant: str, topk: int, **keys) -> dict:
+  """The model block of a config: `topk=0` means dense; every size key is settable from the CLI."""
+  return dict(size_overrides(name), name=name, variant=variant, topk=topk or None, **keys)
+
+
+def vision_optimizer(warmup_steps: int) -> dict:
+  """The optimizer of the image classifiers (big_vision's ViT recipe without its augmentations):
+  AdamW, lr 1e-3 with a linear warmup then cosine decay, weight decay 1e-4, gradient clip 1."""
+  return dict(name="adamw", learning_rate=1e-3, warmup_steps=warmup_steps, schedule="cosine",
+              weight_decay=1e-4, grad_clip_norm=1.0)
 
 
 def shrink_for_runlocal(c: ml_collections.ConfigDict, *, steps: int, batch: int,
                         eval_every: int | None = None, checkpoint_every: int | None = None,
-                        warmup: int = 1) -> None:
-  """`runlocal`: a few steps of a tiny batch that still log, evaluate and checkpoint on the way."""
+                        warmup: int = 1, **model_keys) -> None:
+  """`runlocal`: a few steps of a tiny batch that still log, evaluate and checkpoint on the way;
+  `model_keys` shrink the model too (e.g. depth=2)."""
   c.total_steps = steps
   c.batch_size = c.eval_batch_size = batch
   c.log_every_steps = 2
   c.eval_every_steps = eval_every or steps
   c.checkpoint_every_steps = checkpoint_every or steps // 2
   c.optimizer.warmup_steps = warmup
+  for key, value in model_keys.items():
+    c.model[key] = value
