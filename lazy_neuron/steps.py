@@ -39,7 +39,6 @@ class TrainingDivergedError(RuntimeError):
             f"optimizer.learning_rate, or set skip_nonfinite_updates=True to skip such steps)")
 
 
-
 @dataclasses.dataclass
 class Setup:
   """Everything built from a config before training: validated, nothing written yet."""
