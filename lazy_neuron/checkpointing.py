@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from typing import Any, Callable, Optional
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -37,26 +35,6 @@ from lazy_neuron import distributed
 COMMIT_MARKER = "_CHECKPOINT_METADATA"
 UNUSABLE_DIR = "checkpoints.unusable"
 
-# Test hook (tests/test_fault_tolerance.py): LAZY_NEURON_TEST_KILL_IN_SAVE=N makes this process
-# SIGKILL itself while checkpoint N is being written (its tmp folder exists, its data item is being
-# written by Orbax's background thread), so a test can place a real kill inside a save
-# deterministically instead of racing a timer against a write of a few milliseconds.
-KILL_IN_SAVE_ENV = "LAZY_NEURON_TEST_KILL_IN_SAVE"
-
-
-class _KillingJsonHandler(ocp.JsonCheckpointHandler):
-  """JsonCheckpointHandler that SIGKILLs the process mid-save (test hook only)."""
-
-  def __init__(self, kill_step: int):
-    super().__init__()
-    self._kill_step = kill_step
-
-  async def _save_fn(self, x, directory):
-    if isinstance(x, dict) and x.get("__step__") == self._kill_step:
-      os.kill(os.getpid(), signal.SIGKILL)
-    return await super()._save_fn(x, directory)
-
-
 class Checkpointer:
 
   def __init__(self, workdir: str, every_steps: int, max_to_keep: Optional[int] = 3,
@@ -67,22 +45,9 @@ class Checkpointer:
         save_interval_steps=max(int(every_steps), 1), max_to_keep=max_to_keep,
         keep_period=keep_period, create=True, cleanup_tmp_directories=True,
         enable_async_checkpointing=async_save)
-    self._kill_step = int(os.environ[KILL_IN_SAVE_ENV]) if os.environ.get(KILL_IN_SAVE_ENV) \
-        else None
     self.manager = self._make_manager()
 
   def _make_manager(self):
-    if self._kill_step is not None:
-      registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
-      json_handler = _KillingJsonHandler(self._kill_step)
-      registry.add("data", ocp.args.JsonSave, json_handler)
-      registry.add("data", ocp.args.JsonRestore, json_handler)
-      for item in ("state", "window"):
-        handler = ocp.StandardCheckpointHandler()
-        registry.add(item, ocp.args.StandardSave, handler)
-        registry.add(item, ocp.args.StandardRestore, handler)
-      return ocp.CheckpointManager(self.directory, options=self._options,
-                                   handler_registry=registry)
     return ocp.CheckpointManager(self.directory, options=self._options,
                                  item_names=("state", "data", "window"))
 
@@ -98,10 +63,10 @@ class Checkpointer:
   def save(self, step: int, state: Any, data_state: Any, window: Any = None,
            force: bool = False) -> bool:
     # Every process's iterator state (each reads its own shard; Orbax's JsonSave writes process
-    # 0's item only): a collective, like the save itself.
+    # 0's item only): a collective, like the save itself. Not grain's PyGrainCheckpointHandler (one
+    # file per process): it saves grain iterators only, and ours is our DataIterator (a grain
+    # pipeline or a seeded batch function) whose state carries a fingerprint checked on restore.
     data_state = distributed.gather_process_states(data_state)
-    if self._kill_step is not None:
-      data_state = dict(data_state, __step__=step)
     items = dict(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
     if window is not None:
       items["window"] = ocp.args.StandardSave(window)
@@ -122,7 +87,6 @@ class Checkpointer:
     data_state = restored["data"]
     if not isinstance(data_state, dict):
       raise ValueError(f"the data item is {type(data_state).__name__}, not a JSON object")
-    data_state = {k: v for k, v in data_state.items() if k != "__step__"}
     data_state = distributed.this_process_state(data_state)
     if abstract_window is None:
       return restored["state"], data_state
@@ -182,9 +146,6 @@ class Checkpointer:
     self.manager.close()
     self.manager = self._make_manager()
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
-
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
@@ -204,10 +165,7 @@ def check_committed(step_dir: epath.Path) -> None:
 
 
 def _all_processes_ok(ok: bool) -> bool:
-  if jax.process_count() == 1:
-    return ok
-  from jax.experimental import multihost_utils
-  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
+  return all(distributed.allgather_json(bool(ok)))
 
 
 def _sync_processes(name: str) -> None:

@@ -9,6 +9,7 @@ one-line `UserError` naming the bad value and what is valid.
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import json
 import os
@@ -16,9 +17,10 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from lazy_neuron import checks, data, optim
 from lazy_neuron.errors import UserError
 
-# Keys every experiment config has (DESIGN.md).
+# Keys every experiment config has.
 REQUIRED_KEYS = ("seed", "total_steps", "batch_size", "log_every_steps", "eval_every_steps",
                  "checkpoint_every_steps", "model", "data", "optimizer", "mesh", "sharding_rules",
                  "sparsity")
@@ -130,23 +132,35 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
     last = path[-1]
     value = _convert(key, text, node[last])
     try:
-      with node.unlocked() if isinstance(node[last], type(None)) else _nullcontext():
+      with node.unlocked() if isinstance(node[last], type(None)) else contextlib.nullcontext():
         node[last] = value
     except (TypeError, ValueError) as e:
       raise UserError(f"--{key}={text!r}: {e}") from None
-
-
-class _nullcontext:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *a):
-    return False
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
 
 
-def from_json(text: str) -> dict:
-  return json.loads(text)
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """`path.py[:args]` plus `config.k=v` overrides -> a validated, locked config."""
+  config = load_config_file(spec)
+  apply_overrides(config, overrides)
+  validate_config(config)
+  return config
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks that need no devices and write nothing (model, data, optimizer, step counts)."""
+  checks.integer("total_steps", config.total_steps, min=1, max=checks.MAX_STEPS)
+  checks.integer("batch_size", config.batch_size, min=1)
+  checks.integer("log_every_steps", config.log_every_steps, min=1, max=checks.MAX_STEPS)
+  for key in ("eval_every_steps", "checkpoint_every_steps"):
+    checks.integer(key, config[key], min=0, max=checks.MAX_STEPS)
+  checks.integer("seed", config.seed)
+  optim.validate(config.optimizer, config.total_steps)
+  data.validate(config.data)
+  checks.boolean("sparsity.enabled", config.sparsity.enabled)
+  checks.boolean("skip_nonfinite_updates", config.get("skip_nonfinite_updates", False))
+  for key in ("keep_checkpoints", "keep_checkpoint_every_steps"):
+    checks.integer(key, config.get(key), min=1, max=checks.MAX_STEPS, none_ok=True)

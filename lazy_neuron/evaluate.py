@@ -3,6 +3,7 @@ checkpoint (accuracy, loss, calibration for classifiers, and activation sparsity
 
 Without --config the workdir's own config.json is used. Results are printed and written to
 DIR/eval_<step>.json (and DIR/sparsity/step_<step>.npz); metrics.jsonl is left as training wrote it.
+`evaluate(...)` is also the trainer's periodic evaluation.
 """
 from __future__ import annotations
 
@@ -12,11 +13,63 @@ from typing import Optional, Sequence
 
 import jax
 import ml_collections
+import numpy as np
+from clu import metrics as clu_metrics
 from etils import epath
 
-from lazy_neuron import checkpointing, train
+from lazy_neuron import checkpointing, config_lib, data, errors, flags, sparsity, steps as steps_lib
+from lazy_neuron import tasks
 from lazy_neuron.errors import UserError
-from lazy_neuron import errors
+
+
+def _batch_metrics(out: dict) -> dict:
+  """One eval batch's fetched outputs -> mergeable metrics (sums in float64: exact over batches)."""
+  s = {k: np.asarray(v, np.float64) for k, v in out["sums"].items()}
+  average = lambda total: clu_metrics.Average(total=total, count=s["weight_sum"])
+  metrics = {"loss": average(s["loss_sum"]), "accuracy": average(s["correct_sum"])}
+  # ECE bins and sparsity statistics are sums of trees, which clu.metrics has no metric for.
+  metrics["ece"] = {k: v for k, v in s.items() if k.startswith("ece_")}
+  metrics["sparsity"] = jax.tree.map(np.asarray, out.get("sparsity") or {})
+  return metrics
+
+
+def _merge(a: dict, b: dict) -> dict:
+  return {"loss": a["loss"].merge(b["loss"]), "accuracy": a["accuracy"].merge(b["accuracy"]),
+          "ece": jax.tree.map(np.add, a["ece"], b["ece"]),
+          "sparsity": jax.tree.map(np.add, a["sparsity"], b["sparsity"])}
+
+
+def evaluate(steps: steps_lib.Steps, params, config, step: int,
+             workdir: Optional[str]) -> dict[str, float]:
+  """eval/* and sparsity/eval/* metrics of `params` on the whole eval split; with `workdir` (process
+  0), the step's sparsity statistics are saved to DIR/sparsity/step_<step>.npz."""
+  s = steps.s
+  eval_batch = config.get("eval_batch_size") or config.batch_size
+  it = data.build(config.data, split="eval", batch_size=eval_batch, seed=config.seed,
+                  process_index=jax.process_index(), process_count=jax.process_count())
+  outs = []
+  with it, steps.context():
+    for batch in it:
+      out = steps.eval_step(params, steps_lib.to_global(batch, s.batch_sharding))
+      if steps.sync_each_step:
+        jax.block_until_ready(out)
+      outs.append(out)
+  if not outs:
+    return {}
+  merged = [_batch_metrics(out) for out in jax.device_get(outs)]  # one sync, after the last batch
+  total = merged[0]
+  for m in merged[1:]:
+    total = _merge(total, m)
+  result = {"eval/loss": float(total["loss"].compute()),
+            "eval/accuracy": float(total["accuracy"].compute())}
+  if total["ece"]:
+    result["eval/ece"] = tasks.ece(total["ece"])
+  if total["sparsity"]:
+    stats = sparsity.flatten_stats(total["sparsity"])
+    result.update(sparsity.metrics_from_stats(stats, "eval"))
+    if workdir is not None and jax.process_index() == 0:
+      sparsity.save_npz(workdir, step, stats)
+  return result
 
 
 def _config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
@@ -26,16 +79,17 @@ def _config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
   # JSON turns tuples into lists; the mesh and rules accept both.
   config.lock()
-  train.validate_config(config)
+  config_lib.validate_config(config)
   return config
 
 
-def run(config, workdir: str, stream=sys.stdout) -> dict[str, float]:
-  setup = train.build_setup(config)
+def run(config, workdir: str, stream=None) -> dict[str, float]:
+  stream = sys.stdout if stream is None else stream  # looked up now: tests capture sys.stdout
+  setup = steps_lib.build_setup(config)
   ckpt = checkpointing.Checkpointer(workdir, every_steps=1)
   if ckpt.latest_step() is None:
     raise UserError(f"{workdir!r} has no checkpoint to evaluate; train first")
-  steps = train.Steps(setup)
+  steps = steps_lib.Steps(setup)
   abstract = checkpointing.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
   with steps.context():
     # The newest usable checkpoint; unusable ones are reported and left as they are (eval only
@@ -45,8 +99,7 @@ def run(config, workdir: str, stream=sys.stdout) -> dict[str, float]:
   if restored is None:
     raise UserError(f"{workdir!r} has no usable checkpoint (see the warnings above); train again")
   step, state = restored[0], restored[1]
-  sync = setup.mesh.devices.flat[0].platform == "cpu" and setup.mesh.size > 1
-  results = train.evaluate(steps, state["params"], config, step, workdir, sync)
+  results = evaluate(steps, state["params"], config, step, workdir)
   if jax.process_index() == 0:
     (epath.Path(workdir) / f"eval_{step}.json").write_text(
         json.dumps({"step": step, **results}, indent=1, sort_keys=True))
@@ -58,20 +111,19 @@ def run(config, workdir: str, stream=sys.stdout) -> dict[str, float]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv if argv is None else argv)
+  p = flags.parser(argv[0], __doc__.split("\n\n")[0])
+  p.add_argument("--workdir", required=True, help="a training workdir (with checkpoints)")
+  p.add_argument("--config", default=None,
+                 help="configs/<exp>.py[:args]; default: the workdir's config.json")
   try:
-    args = list(argv)
-    if not any(a.startswith("--config=") or a == "--config" for a in args[1:]):
-      workdir = next((a.split("=", 1)[1] for a in args[1:] if a.startswith("--workdir=")), None)
-      if not workdir:
-        raise UserError("--workdir is required: lazy-neuron eval --workdir=DIR [--config=...]")
-      if any(a.startswith("--config.") for a in args[1:]):
+    ns, overrides = flags.parse(p, argv[1:], config_overrides=True)
+    if ns.config is None:
+      if overrides:
         raise UserError("--config.KEY overrides need --config=configs/<exp>.py")
-      config = _config_from_workdir(workdir)
+      config = _config_from_workdir(ns.workdir)
     else:
-      flags = train.parse_flags(args)
-      workdir = flags.workdir
-      config = train.load_config(flags.config, flags.overrides)
-    run(config, workdir)
+      config = config_lib.load_config(ns.config, overrides)
+    run(config, ns.workdir)
   except UserError as e:
     return errors.report(e)
   return 0

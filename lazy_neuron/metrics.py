@@ -15,6 +15,8 @@ from typing import Any, Mapping
 import jax
 from etils import epath
 
+from lazy_neuron import fileio
+
 
 class JsonlWriter:
   """Appends {"step": N, ...} lines to DIR/metrics.jsonl, flushing each write."""
@@ -44,9 +46,7 @@ class JsonlWriter:
         continue
       if row_step <= step:
         keep.append(line)
-    tmp = self.path.parent / (self.path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    tmp.replace(self.path)
+    fileio.write_atomic(self.path, "".join(line + "\n" for line in keep))
 
   def write(self, step: int, values: Mapping[str, Any]) -> None:
     row = {"step": int(step)}
@@ -93,7 +93,11 @@ def _fmt_time(seconds: float) -> str:
 
 
 class Progress:
-  """step, loss, steps/s, ETA, mean % nonzero, and per-layer % nonzero."""
+  """step, loss, steps/s, ETA, mean % nonzero, and per-layer % nonzero.
+
+  Ours, not clu.periodic_actions.ReportProgress: that module imports TensorFlow, which this
+  project does not require.
+  """
 
   def __init__(self, total_steps: int, start_step: int, stream=sys.stdout):
     self.total = total_steps

@@ -47,7 +47,12 @@ def finalize(s: dict, prefix: str) -> dict[str, float]:
   w = max(float(s["weight_sum"]), 1e-9)
   out = {f"{prefix}/loss": float(s["loss_sum"]) / w, f"{prefix}/accuracy": float(s["correct_sum"]) / w}
   if "ece_count" in s:
-    n = s["ece_count"]
-    gap = np.abs(s["ece_correct"] - s["ece_conf"])  # |sum acc - sum conf| per bin
-    out[f"{prefix}/ece"] = float(gap.sum() / max(n.sum(), 1e-9))
+    out[f"{prefix}/ece"] = ece(s)
   return out
+
+
+def ece(s: dict) -> float:
+  """Host-side: expected calibration error from the per-bin sums `ece_count/conf/correct`."""
+  n = np.asarray(s["ece_count"], np.float64)
+  gap = np.abs(np.asarray(s["ece_correct"], np.float64) - np.asarray(s["ece_conf"], np.float64))
+  return float(gap.sum() / max(n.sum(), 1e-9))  # |sum acc - sum conf| per bin, over all examples

@@ -19,3 +19,29 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="session")
 def repo_root() -> str:
   return REPO
+
+
+def _restore_checkpoint(workdir, config=None):
+  """(step, state, data_state) of `workdir`'s newest checkpoint, restored onto one device, on the
+  host. `config` defaults to the workdir's own config.json (a run with an overridden optimizer has
+  its own state tree)."""
+  import jax
+
+  from lazy_neuron import checkpointing, evaluate, steps
+  if config is None:
+    config = evaluate._config_from_workdir(str(workdir))
+  setup = steps.build_setup(config, jax.devices()[:1])
+  ckpt = checkpointing.Checkpointer(str(workdir), every_steps=1)
+  try:
+    step = ckpt.latest_step()
+    abstract = checkpointing.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
+    state, data_state = ckpt.restore(step, abstract)
+  finally:
+    ckpt.close()
+  return step, jax.device_get(state), data_state
+
+
+@pytest.fixture(scope="session")
+def restore_checkpoint():
+  """The tests' one checkpoint reader: `restore_checkpoint(workdir, config=None)`."""
+  return _restore_checkpoint

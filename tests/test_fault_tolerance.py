@@ -11,7 +11,9 @@
 - soak: repeated kills at random times (3 cycles here, 20 with -m slow).
 
 Subprocesses run the real CLI on one CPU device (the 8 fake devices of conftest.py are removed from
-their XLA_FLAGS) and share a persistent compilation cache to keep each start-up short.
+their XLA_FLAGS) and share a persistent compilation cache to keep each start-up short. Kills at exact
+points go through tests/fault_runner.py, which patches them into the CLI's process (the trainer
+itself has no test hooks).
 """
 import glob
 import io
@@ -28,7 +30,7 @@ import jax
 import numpy as np
 import pytest
 
-from lazy_neuron import checkpointing, train
+from lazy_neuron import checkpointing, config_lib, train
 
 CONFIG = "configs/mlp_gaussian.py:runlocal"
 # 12 steps; rows every 2 steps, eval at 0/6/12, checkpoints every 4 steps (the windows between
@@ -43,7 +45,7 @@ def _chdir_repo(repo_root, monkeypatch):
   monkeypatch.chdir(repo_root)
 
 
-def _env(**hooks):
+def _env():
   env = dict(os.environ)
   flags = [f for f in env.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
@@ -52,25 +54,27 @@ def _env(**hooks):
   cache = os.path.join(env.get("LAZY_NEURON_CACHE", "/tmp"), "jax_compilation_cache")
   env.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
   env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-  for k in list(env):
-    if k.startswith("LAZY_NEURON_TEST_"):
-      del env[k]
-  env.update({f"LAZY_NEURON_TEST_{k.upper()}": str(v) for k, v in hooks.items()})
   return env
 
 
-def _cmd(workdir, *extra):
-  return [sys.executable, "-m", "lazy_neuron.cli", "train", f"--config={CONFIG}",
-          f"--workdir={workdir}"] + [f"--{o}" for o in OVERRIDES] + list(extra)
+def _cmd(workdir, *extra, **faults):
+  """The real CLI; with `faults`, through tests/fault_runner.py, which patches them in."""
+  if faults:
+    spec = ",".join(f"{k}={v}" for k, v in faults.items())
+    prog = [sys.executable, os.path.join(os.path.dirname(__file__), "fault_runner.py"), spec]
+  else:
+    prog = [sys.executable, "-m", "lazy_neuron.cli"]
+  return prog + ["train", f"--config={CONFIG}", f"--workdir={workdir}"] + \
+      [f"--{o}" for o in OVERRIDES] + list(extra)
 
 
-def _run(workdir, *extra, timeout=120, **hooks):
-  return subprocess.run(_cmd(workdir, *extra), env=_env(**hooks), capture_output=True, text=True,
-                        timeout=timeout)
+def _run(workdir, *extra, timeout=120, **faults):
+  return subprocess.run(_cmd(workdir, *extra, **faults), env=_env(), capture_output=True,
+                        text=True, timeout=timeout)
 
 
-def _start(workdir, **hooks):
-  return subprocess.Popen(_cmd(workdir), env=_env(**hooks), stdout=subprocess.PIPE,
+def _start(workdir, **faults):
+  return subprocess.Popen(_cmd(workdir, **faults), env=_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
 
 
@@ -87,29 +91,12 @@ def _wait_for_line(proc, prefix, timeout=60):
   raise AssertionError(f"no line starting with {prefix!r}:\n{''.join(seen)}")
 
 
-def _config():
-  return train.load_config(CONFIG, OVERRIDES)
-
-
-def _final(workdir):
-  """(step, params, opt_state, data_state) of the newest checkpoint, restored on one device."""
-  from lazy_neuron import evaluate
-  # The run's own config.json, so runs with overridden optimizers restore the right state tree.
-  setup = train.build_setup(evaluate._config_from_workdir(str(workdir)), jax.devices()[:1])
-  ckpt = checkpointing.Checkpointer(str(workdir), every_steps=1)
-  step = ckpt.latest_step()
-  abstract = checkpointing.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
-  state, data_state = ckpt.restore(step, abstract)
-  ckpt.close()
-  return step, jax.device_get(state), data_state
-
-
 def _metrics(workdir):
   return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
 
 
-def _assert_same_run(workdir, reference):
-  step, state, data_state = _final(workdir)
+def _assert_same_run(workdir, reference, restore):
+  step, state, data_state = restore(workdir)
   ref_step, ref_state, ref_data = reference["final"]
   assert step == ref_step == 12 and data_state == ref_data
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(ref_state), strict=True):
@@ -118,18 +105,19 @@ def _assert_same_run(workdir, reference):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, restore_checkpoint):
   """One uninterrupted run of the command every test below interrupts."""
   workdir = tmp_path_factory.mktemp("reference")
   proc = _run(workdir)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   rows = _metrics(workdir)
   assert [r["step"] for r in rows] == [0, 2, 4, 6, 6, 8, 10, 12, 12]
-  return {"final": _final(workdir), "metrics": rows}
+  return {"final": restore_checkpoint(workdir), "metrics": rows}
 
 
 # ------------------------------------------------------------------------------------- SIGKILL
-def test_sigkill_at_three_points_then_restart_is_bit_identical(tmp_path, reference):
+def test_sigkill_at_three_points_then_restart_is_bit_identical(tmp_path, reference,
+                                                              restore_checkpoint):
   wd = tmp_path / "run"
   # 1. Killed after step 3: no checkpoint yet; the restart starts again from step 0.
   proc = _run(wd, kill_after_step=3)
@@ -140,7 +128,7 @@ def test_sigkill_at_three_points_then_restart_is_bit_identical(tmp_path, referen
   assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
   assert "resumed from" not in proc.stdout
   assert glob.glob(str(wd / "checkpoints" / "8.orbax-checkpoint-tmp*"))
-  assert _final(wd)[0] == 4
+  assert restore_checkpoint(wd)[0] == 4
   # 3. Killed after step 11, between checkpoints.
   proc = _run(wd, kill_after_step=11)
   assert proc.returncode == -signal.SIGKILL
@@ -152,11 +140,12 @@ def test_sigkill_at_three_points_then_restart_is_bit_identical(tmp_path, referen
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert re.search(r"resumed from \S+/checkpoints/(4|8)\n", proc.stdout), proc.stdout
   assert not glob.glob(str(wd / "checkpoints" / "*tmp*"))  # interrupted saves were cleaned up
-  _assert_same_run(wd, reference)
+  _assert_same_run(wd, reference, restore_checkpoint)
 
 
 # ---------------------------------------------------------------------------------- preemption
-def test_sigterm_and_sigint_checkpoint_the_current_step_and_exit_0(tmp_path, reference):
+def test_sigterm_and_sigint_checkpoint_the_current_step_and_exit_0(tmp_path, reference,
+                                                                   restore_checkpoint):
   wd = tmp_path / "run"
   stopped = []
   for sig, after in ((signal.SIGTERM, "step 2/"), (signal.SIGINT, "step 8/")):
@@ -171,18 +160,18 @@ def test_sigterm_and_sigint_checkpoint_the_current_step_and_exit_0(tmp_path, ref
     m = re.search(rf"stopped by {sig.name} after step (\d+): checkpoint (\S+) written", out)
     assert m, out
     step = int(m.group(1))
-    assert m.group(2) == str(wd / "checkpoints" / str(step)) and _final(wd)[0] == step
+    assert m.group(2) == str(wd / "checkpoints" / str(step)) and restore_checkpoint(wd)[0] == step
     stopped.append(step)
   assert stopped[0] < stopped[1] < 12
   proc = _run(wd)
   assert proc.returncode == 0 and f"resumed from {wd / 'checkpoints' / str(stopped[1])}" in \
       proc.stdout, proc.stdout + proc.stderr
-  _assert_same_run(wd, reference)
+  _assert_same_run(wd, reference, restore_checkpoint)
 
 
 def test_signal_handlers_are_restored_after_training(tmp_path):
   before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-  config = train.load_config(CONFIG, ["config.total_steps=2", "config.eval_every_steps=0"])
+  config = config_lib.load_config(CONFIG, ["config.total_steps=2", "config.eval_every_steps=0"])
   train.train_and_evaluate(config, str(tmp_path), jax.devices()[:1], stream=io.StringIO())
   assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
@@ -205,12 +194,13 @@ def _corrupt(step_dir, how):
         fh.write(rng.bytes(os.path.getsize(f)))
 
 
-def test_unusable_checkpoints_are_skipped_moved_aside_and_never_deleted(tmp_path):
-  config = train.load_config(CONFIG, OVERRIDES + ["config.checkpoint_every_steps=2"])
+def test_unusable_checkpoints_are_skipped_moved_aside_and_never_deleted(tmp_path,
+                                                                        restore_checkpoint):
+  config = config_lib.load_config(CONFIG, OVERRIDES + ["config.checkpoint_every_steps=2"])
   devices = jax.devices()[:1]
   wd = tmp_path / "run"
   train.train_and_evaluate(config, str(wd), devices, stream=io.StringIO())
-  _, good, _ = _final(wd)
+  _, good, _ = restore_checkpoint(wd)
   ck = wd / "checkpoints"
   for step, how in ((12, "truncated"), (10, "no commit marker"), (8, "garbage")):
     _corrupt(ck / str(step), how)
@@ -225,7 +215,7 @@ def test_unusable_checkpoints_are_skipped_moved_aside_and_never_deleted(tmp_path
     assert (wd / "checkpoints.unusable" / str(step) / "state").is_dir()  # kept, not deleted
   assert "missing commit marker" in text and f"resumed from {ck / '6'}" in text
   # Steps 8-12 were trained again from 6 and saved anew: the same parameters as before.
-  step, state, _ = _final(wd)
+  step, state, _ = restore_checkpoint(wd)
   assert step == 12
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(good), strict=True):
     np.testing.assert_array_equal(a, b)
@@ -237,12 +227,12 @@ def test_unusable_checkpoints_are_skipped_moved_aside_and_never_deleted(tmp_path
   assert "no usable checkpoint; starting from step 0" in out.getvalue()
   assert sorted(os.listdir(wd / "checkpoints.unusable")) == sorted(
       ["8", "10", "12", "2", "4", "6", "8.1", "10.1", "12.1"])
-  assert _final(wd)[0] == 12
+  assert restore_checkpoint(wd)[0] == 12
 
 
 def test_eval_command_skips_an_unusable_checkpoint_and_leaves_it(tmp_path, capsys):
   from lazy_neuron import evaluate
-  config = train.load_config(CONFIG, ["config.total_steps=4", "config.eval_every_steps=0",
+  config = config_lib.load_config(CONFIG, ["config.total_steps=4", "config.eval_every_steps=0",
                                       "config.checkpoint_every_steps=2"])
   train.train_and_evaluate(config, str(tmp_path), jax.devices()[:1], stream=io.StringIO())
   _corrupt(tmp_path / "checkpoints" / "4", "truncated")
@@ -254,7 +244,7 @@ def test_eval_command_skips_an_unusable_checkpoint_and_leaves_it(tmp_path, capsy
 
 
 def test_retention_keeps_the_last_n_and_every_mth(tmp_path):
-  config = train.load_config(CONFIG, ["config.total_steps=12", "config.eval_every_steps=0",
+  config = config_lib.load_config(CONFIG, ["config.total_steps=12", "config.eval_every_steps=0",
                                       "config.checkpoint_every_steps=1",
                                       "config.keep_checkpoints=2",
                                       "config.keep_checkpoint_every_steps=5"])
@@ -264,7 +254,7 @@ def test_retention_keeps_the_last_n_and_every_mth(tmp_path):
 
 
 def test_torn_metrics_line_is_dropped_on_resume(tmp_path):
-  config = train.load_config(CONFIG, ["config.total_steps=4", "config.eval_every_steps=0",
+  config = config_lib.load_config(CONFIG, ["config.total_steps=4", "config.eval_every_steps=0",
                                       "config.checkpoint_every_steps=2"])
   devices = jax.devices()[:1]
   train.train_and_evaluate(config, str(tmp_path), devices, stream=io.StringIO(), stop_after=2)
@@ -285,7 +275,8 @@ DIVERGE = [f"--config={CONFIG}", "--config.total_steps=12", "--config.log_every_
            "--config.optimizer.learning_rate=1e5", "--config.tensorboard=False"]
 
 
-def test_nonfinite_loss_stops_with_step_and_quantity_and_keeps_last_good(tmp_path, capsys):
+def test_nonfinite_loss_stops_with_step_and_quantity_and_keeps_last_good(tmp_path, capsys,
+                                                                         restore_checkpoint):
   wd = tmp_path / "run"
   code = train.main(["lazy-neuron train", f"--workdir={wd}"] + DIVERGE)
   err = capsys.readouterr().err.strip()
@@ -296,19 +287,20 @@ def test_nonfinite_loss_stops_with_step_and_quantity_and_keeps_last_good(tmp_pat
   bad, last = int(m.group(2)), m.group(5)
   good = sorted(int(d) for d in os.listdir(wd / "checkpoints") if d.isdigit())
   assert good and good[-1] < bad and last == str(wd / "checkpoints" / str(good[-1]))
-  _, state, _ = _final(wd)
+  _, state, _ = restore_checkpoint(wd)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
   rows = _metrics(wd)
   assert rows and max(r["step"] for r in rows) < bad
   assert all(v is not None for r in rows for v in r.values())  # no non-finite row written
 
 
-def test_skip_nonfinite_updates_resumes_the_diverged_run_and_counts_skips(tmp_path, capfd):
+def test_skip_nonfinite_updates_resumes_the_diverged_run_and_counts_skips(tmp_path, capfd,
+                                                                          restore_checkpoint):
   # The run stops at the first non-finite step; the same workdir resumes from the last good
   # checkpoint with skipping on (a resumable key), skips the bad updates and counts them.
   wd = tmp_path / "run"
   assert train.main(["lazy-neuron train", f"--workdir={wd}"] + DIVERGE) == 1
-  last_good = _final(wd)[0]
+  last_good = restore_checkpoint(wd)[0]
   before = [r for r in _metrics(wd) if r["step"] <= last_good]
   code = train.main(["lazy-neuron train", f"--workdir={wd}", "--config.skip_nonfinite_updates=True"]
                     + DIVERGE)
@@ -319,7 +311,7 @@ def test_skip_nonfinite_updates_resumes_the_diverged_run_and_counts_skips(tmp_pa
   skipped = sum(r.get("train/skipped_updates", 0) for r in rows)
   assert skipped > 0
   assert all(v is not None for r in rows for v in r.values())
-  step, state, _ = _final(wd)
+  step, state, _ = restore_checkpoint(wd)
   assert step == 12 and int(state["step"]) == 12
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
 
@@ -359,7 +351,7 @@ def test_missing_data_dir_fails_with_one_line_error_and_writes_nothing(tmp_path,
 
 
 # ---------------------------------------------------------------------------------------- soak
-def _soak(tmp_path, reference, cycles, seed):
+def _soak(tmp_path, reference, cycles, seed, restore_checkpoint):
   """`cycles` SIGKILLs at random times, then the same command to the end.
 
   Even cycles kill at a random time after the loop started (mid-step, mid-save, mid-metrics-write);
@@ -384,13 +376,15 @@ def _soak(tmp_path, reference, cycles, seed):
   assert killed >= min(cycles, 2), killed  # the kills did land while the runs were going
   proc = _run(wd)
   assert proc.returncode == 0, proc.stdout + proc.stderr
-  _assert_same_run(wd, reference)
+  _assert_same_run(wd, reference, restore_checkpoint)
 
 
-def test_soak_3_kill_restart_cycles_match_an_uninterrupted_run(tmp_path, reference):
-  _soak(tmp_path, reference, cycles=3, seed=0)
+def test_soak_3_kill_restart_cycles_match_an_uninterrupted_run(tmp_path, reference,
+                                                           restore_checkpoint):
+  _soak(tmp_path, reference, cycles=3, seed=0, restore_checkpoint=restore_checkpoint)
 
 
 @pytest.mark.slow
-def test_soak_20_kill_restart_cycles_match_an_uninterrupted_run(tmp_path, reference):
-  _soak(tmp_path, reference, cycles=20, seed=1)
+def test_soak_20_kill_restart_cycles_match_an_uninterrupted_run(tmp_path, reference,
+                                                            restore_checkpoint):
+  _soak(tmp_path, reference, cycles=20, seed=1, restore_checkpoint=restore_checkpoint)

@@ -1,5 +1,5 @@
 """`lazy-neuron bench train`: training-step throughput of a config, dense vs Top-k and with the
-sparsity probe on vs off (DESIGN.md: the probe costs at most a few percent of a step).
+sparsity probe on vs off (the probe should cost at most a few percent of a step).
 
   lazy-neuron bench train --config=configs/vit_digits.py --variants=dense,probe_off,topk=64 \
       --steps=20 --out=bench_train.json [--config.k=v ...]
@@ -21,7 +21,6 @@ input pipeline keeps up with the step (docs/data.md):
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -31,8 +30,8 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
+from lazy_neuron import checks, config_lib, errors, flags
 from lazy_neuron.errors import UserError
-from lazy_neuron import errors
 
 
 def _variant_overrides(name: str) -> list[str]:
@@ -75,18 +74,19 @@ def _peak_bytes() -> Optional[int]:
 
 def _time_pipeline(s, setup, config, state, window, warmup: int, steps: int) -> dict:
   """The compiled step fed by the config's input pipeline, as `train` feeds it."""
-  from lazy_neuron import data, train
+  from lazy_neuron import data
+  from lazy_neuron.steps import to_global
   t_start = time.perf_counter()
   it = data.build(config.data, split="train", batch_size=config.batch_size, seed=config.seed)
   first = next(it)
   startup_s = time.perf_counter() - t_start
-  state, window = s.train_step(state, window, train.to_global(first, setup.batch_sharding))
+  state, window = s.train_step(state, window, to_global(first, setup.batch_sharding))
   for _ in range(warmup):
-    state, window = s.train_step(state, window, train.to_global(next(it), setup.batch_sharding))
+    state, window = s.train_step(state, window, to_global(next(it), setup.batch_sharding))
   jax.block_until_ready(state)
   t0 = time.perf_counter()
   for _ in range(steps):
-    state, window = s.train_step(state, window, train.to_global(next(it), setup.batch_sharding))
+    state, window = s.train_step(state, window, to_global(next(it), setup.batch_sharding))
   jax.block_until_ready((state, window))
   dt = (time.perf_counter() - t0) / steps
   it.close()
@@ -96,10 +96,11 @@ def _time_pipeline(s, setup, config, state, window, warmup: int, steps: int) -> 
 
 def time_variant(config, warmup: int, steps: int, info=None, pipeline_warmup: Optional[int] = None
                  ) -> dict:
-  from lazy_neuron import train
+  from clu import parameter_overview
+  from lazy_neuron import steps as steps_lib
   from lazy_neuron.models import dummy_batch
-  setup = train.build_setup(config, info=info)
-  s = train.Steps(setup)
+  setup = steps_lib.build_setup(config, info=info)
+  s = steps_lib.Steps(setup)
   batch = dummy_batch(setup.model, setup.info, config.batch_size)
   rng = np.random.default_rng(0)
   for k, v in batch.items():
@@ -111,7 +112,7 @@ def time_variant(config, warmup: int, steps: int, info=None, pipeline_warmup: Op
       batch[k] = rng.integers(0, 256, v.shape).astype(np.uint8)
     elif k == "image":
       batch[k] = rng.normal(size=v.shape).astype(np.float32)
-  batch = train.to_global(batch, setup.batch_sharding)
+  batch = steps_lib.to_global(batch, setup.batch_sharding)
   with s.context():
     state = s.init(jax.random.PRNGKey(0))
     window = s.zero_window()
@@ -129,7 +130,7 @@ def time_variant(config, warmup: int, steps: int, info=None, pipeline_warmup: Op
     dt = (time.perf_counter() - t0) / steps
     fed = {} if pipeline_warmup is None else _time_pipeline(s, setup, config, state, window,
                                                              pipeline_warmup, steps)
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setup.abstract_state["params"]))
+  n_params = int(parameter_overview.count_parameters(setup.abstract_state["params"]))
   return {"step_ms": dt * 1e3, "steps_per_s": 1.0 / dt,
           "examples_per_s": config.batch_size / dt, "first_step_s": compile_s,
           "params": n_params, "mesh": dict(setup.mesh.shape),
@@ -138,7 +139,7 @@ def time_variant(config, warmup: int, steps: int, info=None, pipeline_warmup: Op
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv if argv is None else argv)
-  parser = argparse.ArgumentParser(prog=argv[0], description=__doc__.splitlines()[0])
+  parser = flags.parser(argv[0], __doc__.splitlines()[0])
   parser.add_argument("--config", required=True)
   parser.add_argument("--variants", default="dense,probe_off")
   parser.add_argument("--steps", type=int, default=20)
@@ -151,27 +152,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="pipeline: also time the step fed by the config's input pipeline")
   parser.add_argument("--pipeline-warmup", "--pipeline_warmup", type=int, default=50,
                       help="pipeline-fed steps before timing (drains what was prefetched)")
-  args, rest = parser.parse_known_args(argv[1:])
+  parser.epilog = "--config.KEY=VALUE overrides a config key of every variant."
   try:
-    from lazy_neuron import train
-    overrides = [a[2:] for a in rest if a.startswith("--config.")]
-    unknown = [a for a in rest if not a.startswith("--config.")]
-    if unknown:
-      raise UserError(f"unknown flag {unknown[0]!r}; valid: --config, --variants, --steps, "
-                      f"--warmup, --out, --synthetic, --input, --pipeline-warmup, --config.KEY=VALUE")
+    args, overrides = flags.parse(parser, argv[1:], config_overrides=True)
+    checks.integer("--steps", args.steps, min=1)
+    checks.integer("--warmup", args.warmup, min=0)
+    checks.integer("--pipeline-warmup", args.pipeline_warmup, min=0)
     info = synthetic_info(args.synthetic)
     if args.input == "pipeline" and info is not None:
       raise UserError("--input=pipeline reads the config's data; it cannot be combined with "
                       f"--synthetic={args.synthetic!r}")
-    if args.steps < 1 or args.warmup < 0 or args.pipeline_warmup < 0:
-      raise UserError(f"--steps={args.steps} must be >= 1, --warmup={args.warmup} and "
-                      f"--pipeline-warmup={args.pipeline_warmup} >= 0")
     pipeline_warmup = args.pipeline_warmup if args.input == "pipeline" else None
     rows = []
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
-      config = train.load_config(args.config, overrides + _variant_overrides(name))
+      config = config_lib.load_config(args.config, overrides + _variant_overrides(name))
       rows.append({"variant": name, **time_variant(config, args.warmup, args.steps, info,
-                                                             pipeline_warmup)})
+                                                   pipeline_warmup)})
   except UserError as e:
     return errors.report(e)
   base = rows[0]["step_ms"]

@@ -1,0 +1,276 @@
+"""What a config compiles to: the mesh, shardings, model and optimizer (`build_setup`), and the
+jitted init / train / eval steps (`Steps`) with the train step's metric window.
+
+The window is a small tree of sums (task metric sums, sparsity statistics, step counts) that the
+train step adds to in the graph and the host fetches only at log steps, so logging adds no
+per-step sync. It also carries the non-finite bookkeeping: how many steps were non-finite and which
+was the first (step, quantity, value), so the host can stop the run naming them (`check_finite`).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from lazy_neuron import data, optim, partitioning, sparsity, tasks
+from lazy_neuron.errors import UserError
+from lazy_neuron.models import SPARSITY, Model, build_model, dummy_batch
+
+
+class TrainingDivergedError(RuntimeError):
+  """A step produced a non-finite loss, gradient norm or parameters (and skipping is off)."""
+
+  def __init__(self, step: int, what: str, metric: str, value: float):
+    self.step, self.what, self.metric, self.value = step, what, metric, value
+    self.last_checkpoint: Optional[str] = None
+    super().__init__(self.message())
+
+  def message(self) -> str:
+    where = self.last_checkpoint or "none (the run must start again from step 0)"
+    return (f"non-finite {self.what} at step {self.step} ({self.metric}={self.value}); "
+            f"last good checkpoint: {where}; nothing after it was saved (lower "
+            f"optimizer.learning_rate, or set skip_nonfinite_updates=True to skip such steps)")
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything built from a config before training: validated, nothing written yet."""
+  config: Any
+  mesh: Any
+  rules: Any
+  info: Any
+  model: Model
+  tx: Any
+  schedule: Any
+  state_shardings: Any
+  abstract_state: Any
+  batch_sharding: NamedSharding
+
+
+def build_setup(config, devices: Optional[Sequence[Any]] = None, info: Any = None) -> Setup:
+  """`info` overrides the data's DataInfo (benchmarks on synthetic batches of a dataset's shapes)."""
+  # ---------------------------------------------------------------------------------------- mesh
+  mesh = partitioning.make_mesh(config.mesh, devices)
+  rules = partitioning.resolve_rules(config.sharding_rules, mesh)
+  dp = partitioning.data_parallel_size(mesh, rules)
+  for key in ("batch_size", "eval_batch_size"):
+    size = config.get(key) or config.batch_size
+    if size % dp or size % jax.process_count():
+      raise UserError(f"{key}={size} is not divisible by the data-parallel size {dp} (mesh "
+                      f"{dict(mesh.shape)}) and the {jax.process_count()} processes; use a multiple "
+                      f"of {int(np.lcm(dp, jax.process_count()))}")
+  # ---------------------------------------------------------------------------------------- data
+  info = data.info(config.data) if info is None else info
+  data.check_steps(config.data, config.total_steps, config.batch_size, info)  # one_pass: never repeat
+  # ------------------------------------------------------------------------- model and optimizer
+  model = build_model(config.model, info, measure=config.sparsity.enabled)
+  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
+  # ----------------------------------------------------------------------------------- shardings
+  dummy = dummy_batch(model, info, 2)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(lambda rng: _init_params(model, rng, dummy), jax.random.PRNGKey(0))
+    param_sh = partitioning.logical_shardings(
+        boxed, mesh, rules, small_bytes=partitioning.replicated_limit_bytes(config))
+  partitioning.check_plan(boxed, param_sh, mesh, config)
+  params = nn.meta.unbox(boxed)
+  opt_abstract = jax.eval_shape(tx.init, params)
+  opt_sh = partitioning.match_shardings_by_path(opt_abstract, params, param_sh, mesh)
+  replicated = NamedSharding(mesh, P())
+  state_sh = {"step": replicated, "params": param_sh, "opt_state": opt_sh}
+  abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params,
+              "opt_state": opt_abstract}
+  return Setup(config, mesh, rules, info, model, tx, schedule, state_sh, abstract,
+               partitioning.batch_sharding(mesh, rules))
+
+
+def _init_params(model: Model, rng, dummy):
+  variables = model.module.init({"params": rng, "dropout": rng}, **model.inputs(dummy))
+  return variables["params"]
+
+
+def _add(a, b):
+  return jax.tree.map(jnp.add, a, b)
+
+
+# Hand-written, not clu.metrics: the window must add exactly across steps and shards inside the
+# jitted step, be checkpointed as a plain array tree, and keep the first non-finite step.
+# Window fields about the first non-finite step of a window (0 = none; steps count from 1): the
+# first one wins when windows are combined, the others add up.
+_FIRST_BAD = ("bad_step", "bad_what", "bad_loss", "bad_grad_norm")
+# bad_what bits -> (quantity, metric) for the error message.
+_BAD_WHAT = ((1, "loss", "train/loss"), (2, "gradient", "train/grad_norm"),
+             (4, "parameters after the update", "params"))
+
+
+def _combine(window, step_window):
+  if window is None:
+    return step_window
+  out = _add({k: v for k, v in window.items() if k not in _FIRST_BAD},
+             {k: v for k, v in step_window.items() if k not in _FIRST_BAD})
+  first = window["bad_step"] == 0
+  for k in _FIRST_BAD:
+    out[k] = jnp.where(first, step_window[k], window[k])
+  return out
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
+
+
+class Steps:
+  """The jitted functions of a run: init, train step, eval step. Built once, shared by tests."""
+
+  def __init__(self, s: Setup):
+    self.s = s
+    # On CPU, several sharded steps in flight can deadlock XLA's collectives: block on each step.
+    self.sync_each_step = s.mesh.devices.flat[0].platform == "cpu" and s.mesh.size > 1
+    model, tx, cfg = s.model, s.tx, s.config
+    measure = bool(cfg.sparsity.enabled)
+    use_dropout = float(s.model.sizes.get("dropout_rate", 0.0) or 0.0) > 0
+    dropout_key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1)
+    mutable = [SPARSITY] if measure else False
+    skip_nonfinite = bool(cfg.get("skip_nonfinite_updates", False))
+
+    def apply(params, batch, train, rng):
+      out = model.module.apply({"params": params}, **model.inputs(batch),
+                               deterministic=not (train and use_dropout),
+                               rngs={"dropout": rng}, mutable=mutable)
+      logits, variables = out if measure else (out, {})
+      return logits, variables.get(SPARSITY, {})
+
+    def init(rng):
+      params = nn.meta.unbox(_init_params(model, rng, dummy_batch(model, s.info, 2)))
+      return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+    def train_step(state, window, batch):
+      rng = jax.random.fold_in(dropout_key, state["step"])
+
+      def loss_fn(params):
+        logits, stats = apply(params, batch, True, rng)
+        sums = tasks.sums(model.task, logits, batch)
+        return tasks.loss(sums), (sums, stats)
+
+      (loss, (sums, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+      updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+      params = optax.apply_updates(state["params"], updates)
+      grad_norm = optax.tree.norm(grads)
+      # Finite checks in the graph: scalars, fetched by the host only at log/eval/checkpoint steps,
+      # so they add no per-step sync. The updated parameters are checked too: a finite gradient
+      # times a huge learning rate can overflow them.
+      loss_ok, grad_ok, params_ok = jnp.isfinite(loss), jnp.isfinite(grad_norm), \
+          _all_finite(params)
+      ok = loss_ok & grad_ok & params_ok
+      # Not optax.apply_if_finite: it checks only the gradient (not the loss or the updated
+      # parameters) and adds a counter to the optimizer state, so switching skipping on would change
+      # the checkpointed state tree and a diverged run could not resume with it.
+      if skip_nonfinite:  # keep the old params and optimizer state; the step still counts
+        params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                                         (params, opt_state), (state["params"], state["opt_state"]))
+      new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+      # A non-finite step contributes nothing to the window's metric sums, only to its counts.
+      masked = lambda t: jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), t)
+      bad = ~ok
+      what = ((~loss_ok).astype(jnp.int32) + 2 * (~grad_ok).astype(jnp.int32)
+              + 4 * (~params_ok).astype(jnp.int32))
+      step_window = {"sums": masked(sums), "sparsity": masked(stats),
+                     "steps": ok.astype(jnp.int32), "grad_norm_sum": masked(grad_norm),
+                     "nonfinite": bad.astype(jnp.int32),
+                     "bad_step": jnp.where(bad, state["step"] + 1, 0).astype(jnp.int32),
+                     "bad_what": jnp.where(bad, what, 0).astype(jnp.int32),
+                     "bad_loss": jnp.where(bad, loss, 0.0).astype(jnp.float32),
+                     "bad_grad_norm": jnp.where(bad, grad_norm, 0.0).astype(jnp.float32)}
+      return new_state, _combine(window, step_window)
+
+    def eval_step(params, batch):
+      logits, stats = apply(params, batch, False, jax.random.PRNGKey(0))
+      return {"sums": tasks.sums(model.task, logits, batch, calibration=True), "sparsity": stats}
+
+    replicated = NamedSharding(s.mesh, P())
+    with self.context():
+      self.window_abstract = jax.eval_shape(train_step, s.abstract_state, None,
+                                            self._batch_abstract(cfg.batch_size))[1]
+    self.init = jax.jit(init, out_shardings=s.state_shardings)
+    self.train_step = jax.jit(train_step, in_shardings=(s.state_shardings, replicated,
+                                                        s.batch_sharding),
+                              out_shardings=(s.state_shardings, replicated),
+                              donate_argnums=(0, 1))
+    self.eval_step = jax.jit(eval_step, in_shardings=(s.state_shardings["params"],
+                                                      s.batch_sharding),
+                             out_shardings=replicated)
+
+  @contextlib.contextmanager
+  def context(self):
+    """The mesh and logical-axis rules the steps were built for (jit traces under them)."""
+    with jax.set_mesh(self.s.mesh), nn.logical_axis_rules(self.s.rules):
+      yield self
+
+  def _batch_abstract(self, batch_size: int) -> dict:
+    b = dummy_batch(self.s.model, self.s.info, batch_size)
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in b.items()}
+
+  def abstract_window(self) -> Any:
+    """The window's shapes, dtypes and (replicated) shardings: what a checkpoint restores into."""
+    replicated = NamedSharding(self.s.mesh, P())
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                        self.window_abstract)
+
+  def zero_window(self) -> Any:
+    """Zeros shaped like the train step's window (metric sums, sparsity stats, counts)."""
+    replicated = NamedSharding(self.s.mesh, P())
+    return jax.tree.map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype), replicated),
+                        self.window_abstract)
+
+
+
+def to_global(batch: dict, sharding: NamedSharding) -> dict:
+  """This process's share of a batch -> global arrays laid out by `sharding`."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def window_metrics(window: dict, schedule, step: int,
+                   skip_nonfinite: bool = False) -> dict[str, float]:
+  """A fetched train window -> train/* and sparsity/train/* metrics.
+
+  Raises TrainingDivergedError if a step in the window was non-finite and skipping is off; with
+  skipping on, `train/skipped_updates` counts them and the other metrics cover the finite steps.
+  """
+  check_finite(window, skip_nonfinite)
+  out: dict[str, float] = {}
+  steps = int(window["steps"])
+  if steps:  # a window of skipped steps only has no loss to report
+    out.update(tasks.finalize(window["sums"], "train"))
+    out["train/grad_norm"] = float(window["grad_norm_sum"]) / steps
+  out["train/learning_rate"] = float(schedule(step - 1))
+  if skip_nonfinite:
+    out["train/skipped_updates"] = float(int(window["nonfinite"]))
+  if steps and window.get("sparsity"):
+    out.update(sparsity.metrics_from_stats(sparsity.flatten_stats(window["sparsity"]), "train"))
+  return out
+
+
+def check_finite(window: dict, skip_nonfinite: bool) -> None:
+  """Raises TrainingDivergedError for a (host) window holding a non-finite step."""
+  if skip_nonfinite or not int(window["nonfinite"]):
+    return
+  what = int(window["bad_what"])
+  _, name, metric = next(w for w in _BAD_WHAT if what & w[0])
+  value = {"train/loss": window["bad_loss"], "train/grad_norm": window["bad_grad_norm"]}.get(metric)
+  raise TrainingDivergedError(int(window["bad_step"]), name, metric,
+                              float(value) if value is not None else "non-finite")
+
+
+def check_window_finite(window: dict, skip_nonfinite: bool) -> None:
+  """`check_finite` on a device window, fetching only its non-finite fields (a sync: call it only
+  where the loop syncs anyway, before an eval or a checkpoint)."""
+  if not skip_nonfinite:
+    check_finite(jax.device_get({k: window[k] for k in ("nonfinite", *_FIRST_BAD)}), False)
