@@ -16,6 +16,7 @@ import jax
 from etils import epath
 
 from lazy_neuron import fileio
+from lazy_neuron.sparsity.summary import short_layer
 
 
 class JsonlWriter:
@@ -128,13 +129,12 @@ class Progress:
         layers = [(k.split("/", 2)[2].rsplit("/", 1)[0], v) for k, v in values.items()
                   if k.startswith(f"sparsity/{split}/") and k.endswith("/nonzero_frac")
                   and "/mean/" not in k]
-        per_layer = " ".join(f"{_short(n)} {100 * v:.0f}" for n, v in layers)
+        per_layer = " ".join(f"{short_layer(n)} {100 * v:.0f}" for n, v in layers)
         parts.append(f"{split} nonzero {100 * mean:.1f}% [{per_layer}]")
     print(" | ".join(parts), file=self.stream, flush=True)
 
 
 # One naming rule for layers in the progress line and in `lazy-neuron report`'s figures.
-from lazy_neuron.sparsity.summary import short_layer as _short  # noqa: E402
 
 
 class PendingMetrics:
