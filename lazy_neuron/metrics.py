@@ -134,9 +134,6 @@ class Progress:
     print(" | ".join(parts), file=self.stream, flush=True)
 
 
-# One naming rule for layers in the progress line and in `lazy-neuron report`'s figures.
-
-
 class PendingMetrics:
   """Device-side metric trees kept until their values are ready; then converted and written."""
 
