@@ -118,42 +118,45 @@ def _attention(layer: Configured, name: str) -> MultiHeadAttention:
                             query_scale_in_init=True, dtype=layer.dtype, name=name)
 
 
-def _mlp(layer: Configured) -> MlpBlock:
-  return MlpBlock(layer.mlp, d_ff=layer.cfg.mlp_dim, use_bias=False,
-                  dropout_rate=layer.cfg.dropout_rate, dropout_broadcast_dims=(-2,),
-                  dtype=layer.dtype, name="mlp")
+def _residual(layer: Configured, x, norm_name: str, branch, deterministic: bool):
+  """A pre-norm residual sub-layer: x + dropout(branch(rms_norm(x)))."""
+  y = branch(rms_norm(norm_name, layer.dtype)(x))
+  return x + _dropout(y, layer.cfg.dropout_rate, deterministic)
+
+
+def _mlp_residual(layer: Configured, x, token_mask, deterministic: bool):
+  mlp = MlpBlock(layer.mlp, d_ff=layer.cfg.mlp_dim, use_bias=False,
+                 dropout_rate=layer.cfg.dropout_rate, dropout_broadcast_dims=(-2,),
+                 dtype=layer.dtype, name="mlp")
+  x = _residual(layer, x, "pre_mlp_norm",
+                lambda y: mlp(y, token_mask, deterministic=deterministic), deterministic)
+  return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
 class EncoderLayer(Configured):
 
   @nn.compact
   def __call__(self, x, mask, bias, token_mask, deterministic):
-    rate = self.cfg.dropout_rate
-    y = rms_norm("pre_attention_norm", self.dtype)(x)
-    y = _attention(self, "attention")(y, y, mask=mask, bias=bias, deterministic=deterministic)
-    x = x + _dropout(y, rate, deterministic)
-    y = rms_norm("pre_mlp_norm", self.dtype)(x)
-    y = _mlp(self)(y, token_mask, deterministic=deterministic)
-    x = x + _dropout(y, rate, deterministic)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    attend = _attention(self, "attention")
+    x = _residual(self, x, "pre_attention_norm",
+                  lambda y: attend(y, y, mask=mask, bias=bias, deterministic=deterministic),
+                  deterministic)
+    return _mlp_residual(self, x, token_mask, deterministic)
 
 
 class DecoderLayer(Configured):
 
   @nn.compact
   def __call__(self, x, enc, self_mask, cross_mask, bias, token_mask, deterministic):
-    rate = self.cfg.dropout_rate
-    y = rms_norm("pre_self_attention_norm", self.dtype)(x)
-    y = _attention(self, "self_attention")(y, y, mask=self_mask, bias=bias,
-                                           deterministic=deterministic)
-    x = x + _dropout(y, rate, deterministic)
-    y = rms_norm("pre_cross_attention_norm", self.dtype)(x)
-    y = _attention(self, "cross_attention")(y, enc, mask=cross_mask, deterministic=deterministic)
-    x = x + _dropout(y, rate, deterministic)
-    y = rms_norm("pre_mlp_norm", self.dtype)(x)
-    y = _mlp(self)(y, token_mask, deterministic=deterministic)
-    x = x + _dropout(y, rate, deterministic)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    attend_self = _attention(self, "self_attention")
+    attend_enc = _attention(self, "cross_attention")
+    x = _residual(self, x, "pre_self_attention_norm",
+                  lambda y: attend_self(y, y, mask=self_mask, bias=bias,
+                                        deterministic=deterministic), deterministic)
+    x = _residual(self, x, "pre_cross_attention_norm",
+                  lambda y: attend_enc(y, enc, mask=cross_mask, deterministic=deterministic),
+                  deterministic)
+    return _mlp_residual(self, x, token_mask, deterministic)
 
 
 class Stack(Configured):
