@@ -49,9 +49,15 @@ def run_and_capture(model_config, batch):
 
 
 def numpy_nonzero(pre, mask, activation, threshold):
-  a = np.asarray(ACTIVATIONS[activation](pre))
-  nz = (np.abs(a) > threshold) & mask[..., None].astype(bool)
-  return nz.sum(axis=(0, 1)), int(mask.sum())
+  """Per-neuron count of real tokens with |act(pre)| > threshold, the number of real tokens, and
+  per neuron the real entries too close to the threshold to call: the compiled step may compute
+  gelu/silu with other float32 ops (fused, vectorised) than numpy does, so an entry within a few
+  float32 ulps (here 8 eps relative, eps = 1.2e-7) of the threshold may fall either side."""
+  a = np.asarray(ACTIVATIONS[activation](pre), np.float64)
+  real = mask[..., None].astype(bool)
+  nz = (np.abs(a) > threshold) & real
+  close = (np.abs(np.abs(a) - threshold) <= 8 * np.finfo(np.float32).eps * max(threshold, 1e-30))
+  return nz.sum(axis=(0, 1)), int(mask.sum()), (close & real).sum(axis=(0, 1))
 
 
 @pytest.mark.parametrize("activation,threshold", [("relu", 0.0), ("gelu", 0.05), ("silu", 0.1),
@@ -68,14 +74,19 @@ def test_reported_fractions_equal_numpy_with_padding_excluded(activation, thresh
   for layer, s in stats.items():
     stack, name = layer.split("/")
     pre = np.asarray(inter[stack][name]["mlp"]["wi"]["__call__"][0])
-    fire, tokens = numpy_nonzero(pre, masks[stack], activation, threshold)
+    fire, tokens, undecided = numpy_nonzero(pre, masks[stack], activation, threshold)
     assert s.tokens == tokens
-    np.testing.assert_array_equal(s.fire, fire)
-    assert s.nonzero_frac == pytest.approx(fire.sum() / (tokens * pre.shape[-1]), rel=1e-12)
-    assert s.dead_frac == pytest.approx(np.mean(fire == 0))
+    assert np.all(np.abs(s.fire - fire) <= undecided), (layer, np.abs(s.fire - fire).max())
+    # Ratios of integer counts in float64: equal to the last bit or two (rel 1e-12).
+    entries = tokens * pre.shape[-1]
+    assert abs(s.nonzero_frac - fire.sum() / entries) <= undecided.sum() / entries + 1e-12
+    if not undecided.any():
+      np.testing.assert_array_equal(s.fire, fire)
+      assert s.dead_frac == pytest.approx(np.mean(fire == 0), rel=1e-12)
   metrics = sparsity.metrics_from_stats(stats, "eval")
+  # A mean of 4 float64 fractions: rel 1e-12 covers any summation order.
   assert metrics["sparsity/eval/mean/nonzero_frac"] == pytest.approx(
-      np.mean([s.nonzero_frac for s in stats.values()]))
+      np.mean([s.nonzero_frac for s in stats.values()]), rel=1e-12)
   assert "sparsity/eval/decoder/layer_01/dead_frac" in metrics
 
 
@@ -214,7 +225,8 @@ def test_npz_round_trip(tmp_path):
   path = sparsity.save_npz(str(tmp_path), 7, stats)
   assert path.endswith("sparsity/step_7.npz")
   loaded = sparsity.load_npz(path)
-  np.testing.assert_allclose(loaded["encoder/layer_00"], [0.0, 0.3, 1.0])
+  # Firing rates are stored in float32: one rounding, rel <= eps_f32 = 1.2e-7.
+  np.testing.assert_allclose(loaded["encoder/layer_00"], [0.0, 0.3, 1.0], rtol=2e-7)
 
 
 @pytest.mark.parametrize("name,info", [
