@@ -11,6 +11,8 @@ import pytest
 
 from lazy_neuron.errors import UserError
 from lazy_neuron.models import MODELS, build_model, dummy_batch
+from lazy_neuron.models.common import rms_norm
+from lazy_neuron.models.t5 import relative_position_bucket
 from lazy_neuron.partitioning import LOGICAL_AXES
 
 TEXT = types.SimpleNamespace(task="span_corruption", vocab_size=32128, inputs_length=16,
@@ -175,8 +177,6 @@ def test_none_means_the_variants_value():
 
 # --- T5 relative position buckets ---------------------------------------------------------------
 
-from lazy_neuron.models.t5 import relative_position_bucket  # noqa: E402
-
 # Derived on paper from the T5 definition (num_buckets=32, max_distance=128), relative position =
 # key - query. Bidirectional: 16 buckets per sign (keys after the query: 16..31), offsets 0..7
 # exact, then 8 + floor(8 * log(n/8) / log(128/8)) = 8 + floor(2 log2(n/8)), capped at 15; e.g.
@@ -245,7 +245,6 @@ def test_relative_position_buckets_match_the_released_implementation(bidirection
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_t5_layer_norm_is_rms_norm_with_an_embed_scale(dtype):
-  from lazy_neuron.models.common import rms_norm
   d = 128
   x = np.random.default_rng(0).normal(2.0, 3.0, size=(2, 5, d)).astype(np.float32)
   norm = rms_norm("pre_mlp_norm", dtype)
