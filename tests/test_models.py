@@ -65,11 +65,10 @@ INFOS = {"t5": types.SimpleNamespace(task="span_corruption", vocab_size=300, inp
          "vit": IMAGE16, "mixer": IMAGE16, "mlp": FLAT}
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
-def tiny(request):
-  name = request.param
+def model_with_batch(name, **kw):
+  """A model built from model_cfg(name=name, **kw), a random batch of 4, and its init variables."""
   info = INFOS[name]
-  model = build_model(model_cfg(name=name), info)
+  model = build_model(model_cfg(name=name, **kw), info)
   batch = dummy_batch(model, info, 4)
   rng = np.random.default_rng(0)
   if name == "t5":
@@ -78,7 +77,12 @@ def tiny(request):
   else:
     batch["image"] = rng.normal(size=batch["image"].shape).astype(np.float32)
   variables = model.module.init(jax.random.PRNGKey(0), **model.inputs(batch))
-  return name, model, batch, variables
+  return model, batch, variables
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def tiny(request):
+  return (request.param, *model_with_batch(request.param))
 
 
 def test_tiny_models_run_and_sow_fixed_size_stats(tiny):
@@ -272,16 +276,8 @@ SMALL = {"t5": dict(emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64),
 
 
 def small_model(name, **kw):
-  info = INFOS[name]
-  model = build_model(model_cfg(name=name, **SMALL[name], **kw), info)
-  batch = dummy_batch(model, info, 4)
-  rng = np.random.default_rng(0)
-  if name == "t5":
-    for k in ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens"):
-      batch[k] = rng.integers(2, 300, batch[k].shape).astype(np.int32)
-  else:
-    batch["image"] = rng.normal(size=batch["image"].shape).astype(np.float32)
-  params = nn.meta.unbox(model.module.init(jax.random.PRNGKey(0), **model.inputs(batch))["params"])
+  model, batch, variables = model_with_batch(name, **SMALL[name], **kw)
+  params = nn.meta.unbox(variables["params"])
   # The classifier heads start at zero (then no input change shows); give them random weights.
   params = jax.tree_util.tree_map_with_path(
       lambda path, p: (jax.random.normal(jax.random.PRNGKey(2), p.shape, p.dtype)
