@@ -257,11 +257,12 @@ def test_t5_layer_norm_is_rms_norm_with_an_embed_scale(dtype):
   scale = np.random.default_rng(1).uniform(0.5, 1.5, d).astype(np.float32)
   y = norm.apply({"params": {"scale": scale}}, jnp.asarray(x, dtype))
   assert y.dtype == dtype
-  # The definition in float64 (the implementation before flax's: x / sqrt(mean(x^2) + 1e-6) * scale).
+  # The definition in float64, as the implementation before flax's computed it:
+  # x / sqrt(mean(x^2) + 1e-6) * scale.
   xin = np.asarray(jnp.asarray(x, dtype), np.float64)
   ref = xin / np.sqrt(np.mean(xin ** 2, axis=-1, keepdims=True) + 1e-6) * scale
-  # float32: the mean of d squares is off by <= d * eps relative (sequential-sum bound), the rsqrt and
-  # two products by a few eps more; bfloat16 output: one rounding to 8 bits (eps 2^-8) dominates.
+  # float32: the mean of d squares is off by <= d * eps relative (sequential-sum bound), the rsqrt
+  # and two products by a few eps more; bfloat16 output: one rounding to 8 bits (eps 2^-8) rules.
   eps = float(jnp.finfo(dtype).eps)
   rtol = (d + 4) * eps if dtype == jnp.float32 else 2 * eps
   np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=rtol, atol=0)
@@ -287,7 +288,8 @@ def small_model(name, **kw):
 
 def _loss(model, batch, params, deterministic=True, rng=None):
   logits = model.module.apply({"params": params}, **model.inputs(batch),
-                              deterministic=deterministic, rngs={} if rng is None else {"dropout": rng})
+                              deterministic=deterministic,
+                              rngs={} if rng is None else {"dropout": rng})
   return jnp.mean(jnp.square(logits))
 
 

@@ -91,7 +91,7 @@ def test_reported_fractions_equal_numpy_with_padding_excluded(activation, thresh
 
 
 def test_padding_does_not_change_the_counts():
-  """Appending padding tokens leaves every count unchanged: fire, tokens and nonzero of every layer."""
+  """Appending padding tokens leaves every count (fire, tokens, nonzero) of every layer alone."""
   batch = padded_batch()
   _, state = run_and_capture(cfg(), batch)
   longer = dict(batch)

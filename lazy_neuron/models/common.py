@@ -40,11 +40,12 @@ class ModelConfig:
   def __post_init__(self):
     for f in dataclasses.fields(self):
       value, name = getattr(self, f.name), f"model.{f.name}"
-      if f.type == "int":
+      kind = f.type if isinstance(f.type, str) else f.type.__name__  # postponed annotations or not
+      if kind == "int":
         checks.integer(name, value, min=1)
-      elif f.type == "bool":
+      elif kind == "bool":
         checks.boolean(name, value)
-      elif f.type == "float":
+      elif kind == "float":
         checks.number(name, value)
     if not 0.0 <= self.dropout_rate < 1.0:  # rate 1 drops everything: nothing could be learned
       raise checks.fail("model.dropout_rate", self.dropout_rate, "use a number >= 0 and < 1")
@@ -70,10 +71,11 @@ def model_config(table: dict[str, ModelConfig], model_cfg: dict, model_name: str
                       f"choose one of {', '.join(table)} for model.name={model_name!r}")
   base = table[variant]
   fields = [f.name for f in dataclasses.fields(base)]
+  valid = sorted(set(fields) | set(generic_keys))
   for key, value in model_cfg.items():
-    if key not in fields and key not in generic_keys:
-      raise checks.fail(f"model.{key}", value, f"model.name={model_name!r} takes the keys "
-                                               f"{', '.join(sorted(set(fields) | set(generic_keys)))}")
+    if key not in valid:
+      raise checks.fail(f"model.{key}", value,
+                        f"model.name={model_name!r} takes the keys {', '.join(valid)}")
   return dataclasses.replace(base, **{k: v for k, v in model_cfg.items()
                                       if k in fields and v is not None})
 
