@@ -5,34 +5,33 @@ Every architecture is built on the one MLP block in `models/mlp.py`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
 import numpy as np
 
+from lazy_neuron import checks
 from lazy_neuron.errors import UserError
 from lazy_neuron.models import mixer, t5, two_layer, vit
-from lazy_neuron.models.activations import ACTIVATIONS, EXACTLY_SPARSE
-from lazy_neuron.models.common import MlpSettings, get_dtype, resolve_variant
+from lazy_neuron.models.activations import ACTIVATIONS
+from lazy_neuron.models.common import MlpSettings, get_dtype, model_config
 from lazy_neuron.models.mlp import SPARSITY, MlpBlock
 
-__all__ = ["MODELS", "Model", "build_model", "mlp_dims", "SPARSITY", "MlpBlock"]
+__all__ = ["MODELS", "Model", "build_model", "dummy_batch", "mlp_dims", "SPARSITY", "MlpBlock"]
 
-# name -> (variant table, task, extra non-size options with defaults)
-MODELS: dict[str, tuple[dict, str, dict]] = {
-    "t5": (t5.VARIANTS, "seq2seq", dict(dropout_rate=0.0, remat=False)),
-    "vit": (vit.VARIANTS, "classification",
-            dict(dropout_rate=0.0, remat=False, pool="token", head_bias_init=0.0)),
-    "mixer": (mixer.VARIANTS, "classification", dict(dropout_rate=0.0, remat=False)),
-    "mlp": (two_layer.VARIANTS, "classification", dict(dropout_rate=0.0, remat=False)),
+# name -> (variant table of typed settings, task, module class)
+MODELS: dict[str, tuple[dict, str, type]] = {
+    "t5": (t5.VARIANTS, "seq2seq", t5.T5),
+    "vit": (vit.VARIANTS, "classification", vit.ViT),
+    "mixer": (mixer.VARIANTS, "classification", mixer.Mixer),
+    "mlp": (two_layer.VARIANTS, "classification", two_layer.TwoLayerMLP),
 }
 
-VOCAB_MULTIPLE = 128
+# Model config keys that every model takes besides its typed settings' fields.
+COMMON_KEYS = ("name", "variant", "activation", "activation_threshold", "topk", "topk_backend",
+               "dtype")
 
-# Model config keys that are not architecture sizes.
-GENERIC_KEYS = ("name", "variant", "activation", "activation_threshold", "topk", "topk_backend",
-                "dtype")
+VOCAB_MULTIPLE = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +39,7 @@ class Model:
   name: str
   task: str              # "seq2seq" | "classification"
   module: nn.Module
-  sizes: dict[str, Any]  # resolved architecture sizes
+  sizes: dict[str, Any]  # the resolved typed settings, as a dict (sizes, dropout_rate, remat, ...)
   input_keys: tuple[str, ...]
 
   def inputs(self, batch: dict) -> dict:
@@ -52,63 +51,48 @@ class Model:
 
 
 def _settings(model_cfg, measure: bool) -> MlpSettings:
-  act = model_cfg.activation
-  if act not in ACTIVATIONS:
-    raise UserError(f"model.activation={act!r} is not valid; choose one of {', '.join(ACTIVATIONS)}")
-  thr = float(model_cfg.get("activation_threshold", 0.0) or 0.0)
-  if thr < 0:
-    raise UserError(f"model.activation_threshold={thr} is not valid; use a value >= 0")
+  act = checks.choice("model.activation", model_cfg.activation, ACTIVATIONS)
+  thr = checks.number("model.activation_threshold",
+                      model_cfg.get("activation_threshold", None) or 0.0, min=0)
   topk = model_cfg.get("topk", None)
-  return MlpSettings(activation=act, threshold=thr, topk=None if topk in (None, 0) else int(topk),
+  topk = None if topk == 0 else checks.integer("model.topk", topk, min=1, none_ok=True)
+  return MlpSettings(activation=act, threshold=thr, topk=topk,
                      topk_backend=model_cfg.get("topk_backend", "auto"), measure=measure)
 
 
 def mlp_dims(model: Model) -> list[int]:
   """d_ff of every MLP block (for validating top-k)."""
-  s = model.sizes
-  if model.name == "mixer":
-    return [s["tokens_mlp_dim"], s["channels_mlp_dim"]]
-  return [s["mlp_dim"]]
+  return list(model.module.cfg.mlp_dims)
 
 
 def build_model(model_cfg, data_info, measure: bool = True) -> Model:
-  name = model_cfg.name
-  if name not in MODELS:
-    raise UserError(f"model.name={name!r} is not valid; choose one of {', '.join(MODELS)}")
-  table, task, extras = MODELS[name]
+  name = checks.choice("model.name", model_cfg.get("name", None), MODELS)
+  table, task, module_cls = MODELS[name]
   if task != data_info.task.replace("span_corruption", "seq2seq"):
     raise UserError(f"model.name={name!r} needs {task} data, but data.name gives {data_info.task}")
-  cfg = dict(model_cfg)
-  sizes = resolve_variant(table, model_cfg.variant, cfg, name)
-  for key, default in extras.items():
-    sizes[key] = cfg.get(key, default) if cfg.get(key, None) is not None else default
+  cfg = model_config(table, dict(model_cfg), name, COMMON_KEYS)
   settings = _settings(model_cfg, measure)
   dtype = get_dtype(model_cfg.get("dtype", "float32"))
   if settings.topk is not None:
-    for d_ff in mlp_dims(Model(name, task, None, sizes, ())):
-      if not 1 <= settings.topk <= d_ff:
-        raise UserError(f"model.topk={settings.topk} is not valid for an MLP of width {d_ff}; "
-                        f"use 1 <= topk <= {d_ff}, or None for dense")
+    for d_ff in cfg.mlp_dims:
+      if settings.topk > d_ff:
+        raise checks.fail("model.topk", settings.topk,
+                          f"use 1 <= topk <= {d_ff} for an MLP of width {d_ff}, or None for dense")
   if name == "t5":
     # T5 pads its vocabulary to a multiple of 128 (32100 -> 32128): shardable over any mesh axis
     # that divides 128, and MXU/tensor-core friendly. The extra ids are never targets.
     vocab = -(-int(data_info.vocab_size) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-    module = t5.T5(vocab_size=vocab, cfg=sizes, mlp=settings, dtype=dtype)
+    module = module_cls(cfg, settings, dtype, vocab_size=vocab)
     keys = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
   else:
-    if name in ("vit", "mixer"):
-      shape = data_info.image_shape
-      if len(shape) != 3 or shape[0] % sizes["patch_size"] or shape[1] % sizes["patch_size"]:
-        raise UserError(f"image shape {tuple(shape)} does not fit model.patch_size="
-                        f"{sizes['patch_size']}; use an image size divisible by the patch size")
-    if name == "vit" and sizes["pool"] not in ("token", "gap"):
-      raise UserError(f"model.pool={sizes['pool']!r} is not valid; choose token or gap")
-    cls = {"vit": vit.ViT, "mixer": mixer.Mixer, "mlp": two_layer.TwoLayerMLP}[name]
-    module = cls(num_classes=data_info.num_classes, cfg=sizes, mlp=settings, dtype=dtype)
+    if hasattr(cfg, "patch_size"):
+      shape, p = data_info.image_shape, cfg.patch_size
+      if len(shape) != 3 or shape[0] % p or shape[1] % p:
+        raise UserError(f"image shape {tuple(shape)} does not fit model.patch_size={p}; "
+                        f"use an image size divisible by the patch size")
+    module = module_cls(cfg, settings, dtype, num_classes=data_info.num_classes)
     keys = ("image",)
-  if settings.activation not in EXACTLY_SPARSE and settings.threshold == 0.0:
-    pass  # allowed: counts exact nonzeros; the config docstrings say to set a threshold
-  return Model(name=name, task=task, module=module, sizes=sizes, input_keys=keys)
+  return Model(name=name, task=task, module=module, sizes=dataclasses.asdict(cfg), input_keys=keys)
 
 
 def dummy_batch(model: Model, data_info, batch_size: int) -> dict[str, np.ndarray]:

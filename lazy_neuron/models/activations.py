@@ -11,7 +11,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from lazy_neuron.errors import UserError
+from lazy_neuron import checks
 
 
 def _relu2(x: jax.Array) -> jax.Array:
@@ -28,14 +28,9 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "identity": lambda x: x,
 }
 
-# Activations whose output is exactly zero on half the line: threshold 0 is meaningful.
-EXACTLY_SPARSE = ("relu", "relu2")
-
 
 def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
-  if name not in ACTIVATIONS:
-    raise UserError(f"model.activation={name!r} is not valid; choose one of {', '.join(ACTIVATIONS)}")
-  return ACTIVATIONS[name]
+  return ACTIVATIONS[checks.choice("model.activation", name, ACTIVATIONS)]
 
 
 def is_nonzero(a: jax.Array, threshold: float) -> jax.Array:

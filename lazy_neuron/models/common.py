@@ -1,4 +1,4 @@
-"""Pieces shared by the architectures: config plumbing, norms, attention, variant tables."""
+"""Pieces shared by the architectures: typed model settings, norms, attention, image stems."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,15 +8,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lazy_neuron.errors import UserError
+from lazy_neuron import checks
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def get_dtype(name: str):
-  if name not in DTYPES:
-    raise UserError(f"model.dtype={name!r} is not valid; choose one of {', '.join(DTYPES)}")
-  return DTYPES[name]
+  return DTYPES[checks.choice("model.dtype", name, DTYPES)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,33 +27,73 @@ class MlpSettings:
   measure: bool = True
 
 
-def resolve_variant(table: dict[str, dict[str, Any]], variant: str, overrides: dict[str, Any],
-                    model_name: str) -> dict[str, Any]:
-  """A variant's sizes with the config's non-None overrides applied."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+  """A model's typed settings: its architecture sizes (the columns of its variant table, each
+  overridable by the config key of the same name) and the options every model takes.
+
+  Every field is checked on construction, so a bad value is a one-line error naming its key.
+  """
+  dropout_rate: float = 0.0
+  remat: bool = False  # rematerialise each layer in the backward pass (memory for compute)
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      value, name = getattr(self, f.name), f"model.{f.name}"
+      kind = f.type if isinstance(f.type, str) else f.type.__name__  # postponed annotations or not
+      if kind == "int":
+        checks.integer(name, value, min=1)
+      elif kind == "bool":
+        checks.boolean(name, value)
+      elif kind == "float":
+        checks.number(name, value)
+    if not 0.0 <= self.dropout_rate < 1.0:  # rate 1 drops everything: nothing could be learned
+      raise checks.fail("model.dropout_rate", self.dropout_rate, "use a number >= 0 and < 1")
+
+  @property
+  def mlp_dims(self) -> tuple[int, ...]:
+    """d_ff of every kind of MLP block in the model."""
+    return (self.mlp_dim,)
+
+
+def variant_table(config_cls: type, columns: tuple[str, ...],
+                  rows: dict[str, tuple]) -> dict[str, ModelConfig]:
+  """{variant: config} from one row of sizes per variant, in `columns` order."""
+  return {name: config_cls(**dict(zip(columns, row, strict=True))) for name, row in rows.items()}
+
+
+def model_config(table: dict[str, ModelConfig], model_cfg: dict, model_name: str,
+                 generic_keys: tuple[str, ...]) -> ModelConfig:
+  """The variant's settings with the config's non-None values applied; unknown keys are errors."""
+  variant = model_cfg.get("variant")
   if variant not in table:
-    raise UserError(f"model.variant={variant!r} is not valid for model.name={model_name!r}; "
-                    f"choose one of {', '.join(table)}")
-  sizes = dict(table[variant])
-  for key, value in overrides.items():
-    if value is not None and key in sizes:
-      sizes[key] = value
-  return sizes
+    raise checks.fail("model.variant", variant,
+                      f"choose one of {', '.join(table)} for model.name={model_name!r}")
+  base = table[variant]
+  fields = [f.name for f in dataclasses.fields(base)]
+  valid = sorted(set(fields) | set(generic_keys))
+  for key, value in model_cfg.items():
+    if key not in valid:
+      raise checks.fail(f"model.{key}", value,
+                        f"model.name={model_name!r} takes the keys {', '.join(valid)}")
+  return dataclasses.replace(base, **{k: v for k, v in model_cfg.items()
+                                      if k in fields and v is not None})
 
 
-class RMSNorm(nn.Module):
-  """T5 layer norm: scale only, no mean subtraction, no bias."""
-  epsilon: float = 1e-6
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
+class Configured(nn.Module):
+  """A module built from its model's typed settings, the shared MLP settings and the compute
+  dtype (the fields every model and every one of its parts takes)."""
+  cfg: Any
+  mlp: MlpSettings
+  dtype: Any
 
-  @nn.compact
-  def __call__(self, x):
-    x32 = jnp.asarray(x, jnp.float32)
-    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-    y = jnp.asarray(x32 * jax.lax.rsqrt(var + self.epsilon), self.dtype)
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                       (x.shape[-1],), self.param_dtype)
-    return y * jnp.asarray(scale, self.dtype)
+
+def rms_norm(name: str, dtype) -> nn.RMSNorm:
+  """T5 layer norm: scale only (param `scale`, axis `embed`), no mean subtraction, no bias; the
+  statistics are computed in float32 whatever the dtype."""
+  return nn.RMSNorm(epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
+                    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                    force_float32_reductions=True, name=name)
 
 
 def image_input(image: jax.Array, dtype) -> jax.Array:

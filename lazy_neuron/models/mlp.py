@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from lazy_neuron.models.activations import get_activation, is_nonzero
+from lazy_neuron.models.common import MlpSettings
 
 SPARSITY = "sparsity"  # the Flax collection name
 
@@ -60,25 +61,21 @@ class MlpBlock(nn.Module):
   """Position-wise MLP: Dense(d_ff) -> activation -> [top-k] -> [probe] -> dropout -> Dense(d_out).
 
   Attributes:
+    settings: what every MLP block of the model shares (activation, probe threshold, top-k, and
+      whether to measure); the rest is the architecture's.
     d_ff: hidden width (the activation map has d_ff entries per token).
     d_out: output width; defaults to the input width.
-    activation: name in models.activations.ACTIVATIONS.
-    threshold: |a| > threshold counts as nonzero (0 for ReLU).
-    topk: keep only the k largest activations per token (Top-k Transformer); None = dense.
-    topk_backend: `lazy_neuron.kernels.topk` backend ("auto" dispatches by platform).
-    measure: sow activation statistics into the `sparsity` collection.
     use_bias: T5 v1.0 has none; ViT/Mixer have biases.
-    in_axes / hidden_axes: logical axis names for wi's kernel / the hidden activation.
+    dropout_rate / dropout_broadcast_dims: dropout on the hidden activation (T5 shares one mask
+      over the sequence, dims (-2,)).
+    embed_axis / hidden_axes: logical axis names of the input features / the hidden activation.
   """
+  settings: MlpSettings
   d_ff: int
   d_out: Optional[int] = None
-  activation: str = "relu"
-  threshold: float = 0.0
-  topk: Optional[int] = None
-  topk_backend: str = "auto"
-  measure: bool = True
   use_bias: bool = False
   dropout_rate: float = 0.0
+  dropout_broadcast_dims: tuple[int, ...] = ()
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: Callable = dense_init()
@@ -89,6 +86,7 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, token_mask: Optional[jax.Array] = None,
                deterministic: bool = True) -> jax.Array:
+    s = self.settings
     d_out = self.d_out or x.shape[-1]
     wi = nn.Dense(
         self.d_ff, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -98,13 +96,14 @@ class MlpBlock(nn.Module):
         d_out, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.with_logical_partitioning(self.kernel_init, ("mlp", self.embed_axis)),
         bias_init=nn.with_logical_partitioning(self.bias_init, (self.embed_axis,)), name="wo")
-    a = get_activation(self.activation)(wi(x))
-    if self.topk is not None:
+    a = get_activation(s.activation)(wi(x))
+    if s.topk is not None:
       from lazy_neuron.kernels.topk import topk_mask  # deferred: kernels are optional at import
-      a = topk_mask(a, int(self.topk), backend=self.topk_backend)
+      a = topk_mask(a, int(s.topk), backend=s.topk_backend)
     if len(self.hidden_axes) == a.ndim:
       a = nn.with_logical_constraint(a, self.hidden_axes)
-    if self.measure:
-      sow_activation_stats(self, a, token_mask, self.threshold)
-    a = nn.Dropout(rate=self.dropout_rate, broadcast_dims=(-2,))(a, deterministic=deterministic)
+    if s.measure:
+      sow_activation_stats(self, a, token_mask, s.threshold)
+    a = nn.Dropout(self.dropout_rate, broadcast_dims=self.dropout_broadcast_dims)(
+        a, deterministic=deterministic)
     return wo(a)

@@ -3,51 +3,87 @@ position buckets shared by the layers of a stack, embeddings shared by encoder, 
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import dataclasses
+import math
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lazy_neuron.models.common import MlpSettings, MultiHeadAttention, RMSNorm
+from lazy_neuron.models.common import (Configured, ModelConfig, MultiHeadAttention, rms_norm,
+                                       variant_table)
 from lazy_neuron.models.mlp import MlpBlock
 
+
+@dataclasses.dataclass(frozen=True)
+class T5Config(ModelConfig):
+  emb_dim: int
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  num_encoder_layers: int
+  num_decoder_layers: int
+
+
 # d_model / d_ff / layers from the T5 paper (v1.0 sizes); tiny is ours, for CPU runs and tests.
-VARIANTS = {
-    "tiny": dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=1024, num_encoder_layers=2,
-                 num_decoder_layers=2),
-    "small": dict(emb_dim=512, num_heads=8, head_dim=64, mlp_dim=2048, num_encoder_layers=6,
-                  num_decoder_layers=6),
-    "base": dict(emb_dim=768, num_heads=12, head_dim=64, mlp_dim=3072, num_encoder_layers=12,
-                 num_decoder_layers=12),
-    "large": dict(emb_dim=1024, num_heads=16, head_dim=64, mlp_dim=4096, num_encoder_layers=24,
-                  num_decoder_layers=24),
-    "3b": dict(emb_dim=1024, num_heads=32, head_dim=128, mlp_dim=16384, num_encoder_layers=24,
-               num_decoder_layers=24),
-    "11b": dict(emb_dim=1024, num_heads=128, head_dim=128, mlp_dim=65536, num_encoder_layers=24,
-                num_decoder_layers=24),
-}
+VARIANTS = variant_table(T5Config, (
+    "emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encoder_layers", "num_decoder_layers"), {
+        "tiny": (128, 4, 32, 1024, 2, 2),
+        "small": (512, 8, 64, 2048, 6, 6),
+        "base": (768, 12, 64, 3072, 12, 12),
+        "large": (1024, 16, 64, 4096, 24, 24),
+        "3b": (1024, 32, 128, 16384, 24, 24),
+        "11b": (1024, 128, 128, 65536, 24, 24),
+    })
+
+
+def _ceil_root(x: int, k: int) -> int:
+  """The smallest integer r >= 1 with r**k >= x (exact, for Python ints of any size)."""
+  r = max(1, round(math.exp(math.log(x) / k)))
+  while r ** k < x:
+    r += 1
+  while r > 1 and (r - 1) ** k >= x:
+    r -= 1
+  return r
+
+
+def _bucket_starts(num_buckets: int, max_distance: int) -> np.ndarray:
+  """The smallest offset (distance >= 0) that falls in each of `num_buckets` buckets.
+
+  Offsets below max_exact = num_buckets // 2 get a bucket each. The other buckets share the log
+  scale from max_exact to max_distance evenly: offset n is in log bucket j or beyond exactly when
+  log(n / max_exact) / log(max_distance / max_exact) >= j / num_log, i.e. when
+  n**num_log >= max_exact**(num_log - j) * max_distance**j. Comparing integers keeps the edges
+  exact (n = 64 with 32 buckets lies on one), whatever the float rounding of a log would do.
+  """
+  max_exact = num_buckets // 2
+  num_log = num_buckets - max_exact
+  log_starts = [_ceil_root(max_exact ** (num_log - j) * max_distance ** j, num_log)
+                for j in range(num_log)]
+  return np.array(list(range(max_exact)) + log_starts, np.int64)
 
 
 def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool, num_buckets: int,
                              max_distance: int) -> np.ndarray:
-  """T5's bucketing of (key position - query position): exact for small, log-spaced for large."""
-  ret = 0
-  n = -relative_position
+  """T5's bucket of each relative position (key position - query position).
+
+  Bidirectional (encoder): half of the buckets for keys at or before the query, the upper half for
+  keys after it; unidirectional (decoder): all buckets for keys at or before the query, and keys
+  after it share bucket 0. Within those, the distance picks the bucket: small distances exactly,
+  larger ones log-spaced up to max_distance; anything farther shares the last bucket.
+  """
+  rel = np.asarray(relative_position, np.int64)
   if bidirectional:
-    num_buckets //= 2
-    ret += (n < 0).astype(np.int32) * num_buckets
-    n = np.abs(n)
+    half = num_buckets // 2
+    offset = np.where(rel > 0, half, 0)
+    distance = np.abs(rel)
   else:
-    n = np.maximum(n, 0)
-  max_exact = num_buckets // 2
-  is_small = n < max_exact
-  val_if_large = max_exact + (
-      np.log(n.astype(np.float32) / max_exact + np.finfo(np.float32).eps)
-      / np.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(np.int32)
-  val_if_large = np.minimum(val_if_large, num_buckets - 1)
-  return ret + np.where(is_small, n, val_if_large)
+    half, offset = num_buckets, 0
+    distance = np.maximum(-rel, 0)
+  starts = _bucket_starts(half, max_distance)
+  return (offset + np.searchsorted(starts, distance, side="right") - 1).astype(np.int32)
 
 
 class RelativePositionBias(nn.Module):
@@ -55,7 +91,6 @@ class RelativePositionBias(nn.Module):
   bidirectional: bool
   num_buckets: int = 32
   max_distance: int = 128
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, q_len: int, k_len: int) -> jax.Array:
@@ -72,70 +107,68 @@ class RelativePositionBias(nn.Module):
     return bias[None].astype(jnp.float32)
 
 
-class EncoderLayer(nn.Module):
-  cfg: dict
-  mlp: MlpSettings
-  dtype: Any
+def _dropout(x, rate: float, deterministic: bool):
+  # One mask shared over the sequence (T5's convention).
+  return nn.Dropout(rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+
+
+def _attention(layer: Configured, name: str) -> MultiHeadAttention:
+  c = layer.cfg
+  return MultiHeadAttention(c.num_heads, c.head_dim, dropout_rate=c.dropout_rate,
+                            query_scale_in_init=True, dtype=layer.dtype, name=name)
+
+
+def _residual(layer: Configured, x, norm_name: str, branch, deterministic: bool):
+  """A pre-norm residual sub-layer: x + dropout(branch(rms_norm(x)))."""
+  y = branch(rms_norm(norm_name, layer.dtype)(x))
+  return x + _dropout(y, layer.cfg.dropout_rate, deterministic)
+
+
+def _mlp_residual(layer: Configured, x, token_mask, deterministic: bool):
+  mlp = MlpBlock(layer.mlp, d_ff=layer.cfg.mlp_dim, use_bias=False,
+                 dropout_rate=layer.cfg.dropout_rate, dropout_broadcast_dims=(-2,),
+                 dtype=layer.dtype, name="mlp")
+  x = _residual(layer, x, "pre_mlp_norm",
+                lambda y: mlp(y, token_mask, deterministic=deterministic), deterministic)
+  return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class EncoderLayer(Configured):
 
   @nn.compact
   def __call__(self, x, mask, bias, token_mask, deterministic):
-    c = self.cfg
-    y = RMSNorm(dtype=self.dtype, name="pre_attention_norm")(x)
-    y = MultiHeadAttention(c["num_heads"], c["head_dim"], dropout_rate=c["dropout_rate"],
-                           query_scale_in_init=True, dtype=self.dtype, name="attention")(
-                               y, y, mask=mask, bias=bias, deterministic=deterministic)
-    x = x + nn.Dropout(c["dropout_rate"], broadcast_dims=(-2,))(y, deterministic=deterministic)
-    y = RMSNorm(dtype=self.dtype, name="pre_mlp_norm")(x)
-    y = _mlp(c, self.mlp, self.dtype)(y, token_mask, deterministic=deterministic)
-    x = x + nn.Dropout(c["dropout_rate"], broadcast_dims=(-2,))(y, deterministic=deterministic)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    attend = _attention(self, "attention")
+    x = _residual(self, x, "pre_attention_norm",
+                  lambda y: attend(y, y, mask=mask, bias=bias, deterministic=deterministic),
+                  deterministic)
+    return _mlp_residual(self, x, token_mask, deterministic)
 
 
-class DecoderLayer(nn.Module):
-  cfg: dict
-  mlp: MlpSettings
-  dtype: Any
+class DecoderLayer(Configured):
 
   @nn.compact
   def __call__(self, x, enc, self_mask, cross_mask, bias, token_mask, deterministic):
-    c = self.cfg
-    drop = lambda v: nn.Dropout(c["dropout_rate"], broadcast_dims=(-2,))(
-        v, deterministic=deterministic)
-    y = RMSNorm(dtype=self.dtype, name="pre_self_attention_norm")(x)
-    y = MultiHeadAttention(c["num_heads"], c["head_dim"], dropout_rate=c["dropout_rate"],
-                           query_scale_in_init=True, dtype=self.dtype, name="self_attention")(
-                               y, y, mask=self_mask, bias=bias, deterministic=deterministic)
-    x = x + drop(y)
-    y = RMSNorm(dtype=self.dtype, name="pre_cross_attention_norm")(x)
-    y = MultiHeadAttention(c["num_heads"], c["head_dim"], dropout_rate=c["dropout_rate"],
-                           query_scale_in_init=True, dtype=self.dtype, name="cross_attention")(
-                               y, enc, mask=cross_mask, deterministic=deterministic)
-    x = x + drop(y)
-    y = RMSNorm(dtype=self.dtype, name="pre_mlp_norm")(x)
-    y = _mlp(c, self.mlp, self.dtype)(y, token_mask, deterministic=deterministic)
-    x = x + drop(y)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    attend_self = _attention(self, "self_attention")
+    attend_enc = _attention(self, "cross_attention")
+    x = _residual(self, x, "pre_self_attention_norm",
+                  lambda y: attend_self(y, y, mask=self_mask, bias=bias,
+                                        deterministic=deterministic), deterministic)
+    x = _residual(self, x, "pre_cross_attention_norm",
+                  lambda y: attend_enc(y, enc, mask=cross_mask, deterministic=deterministic),
+                  deterministic)
+    return _mlp_residual(self, x, token_mask, deterministic)
 
 
-def _mlp(c: dict, s: MlpSettings, dtype) -> MlpBlock:
-  return MlpBlock(d_ff=c["mlp_dim"], activation=s.activation, threshold=s.threshold, topk=s.topk,
-                  topk_backend=s.topk_backend, measure=s.measure, use_bias=False,
-                  dropout_rate=c["dropout_rate"], dtype=dtype, name="mlp")
-
-
-class Stack(nn.Module):
+class Stack(Configured):
   """A stack of layers named layer_00, layer_01, ... (these names are the metric layer names)."""
-  cfg: dict
-  mlp: MlpSettings
   decoder: bool
-  dtype: Any
 
   @nn.compact
   def __call__(self, x, token_mask, enc=None, enc_mask=None, deterministic=True):
     c = self.cfg
-    n = c["num_decoder_layers" if self.decoder else "num_encoder_layers"]
+    n = c.num_decoder_layers if self.decoder else c.num_encoder_layers
     length = x.shape[1]
-    bias = RelativePositionBias(c["num_heads"], bidirectional=not self.decoder,
+    bias = RelativePositionBias(c.num_heads, bidirectional=not self.decoder,
                                 name="relpos_bias")(length, length)
     valid = token_mask.astype(bool)
     self_mask = valid[:, None, :, None] & valid[:, None, None, :]
@@ -143,9 +176,9 @@ class Stack(nn.Module):
       causal = jnp.tril(jnp.ones((length, length), bool))
       self_mask = self_mask & causal[None, None]
       cross_mask = valid[:, None, :, None] & enc_mask.astype(bool)[:, None, None, :]
-    x = nn.Dropout(c["dropout_rate"], broadcast_dims=(-2,))(x, deterministic=deterministic)
+    x = _dropout(x, c.dropout_rate, deterministic)
     layer_cls = DecoderLayer if self.decoder else EncoderLayer
-    if c.get("remat", False):  # `self` counts as argument 0; `deterministic` is the last one
+    if c.remat:  # `self` counts as argument 0; `deterministic` is the last one
       layer_cls = nn.remat(layer_cls, static_argnums=(7,) if self.decoder else (5,))
     for i in range(n):
       layer = layer_cls(c, self.mlp, self.dtype, name=f"layer_{i:02d}")
@@ -153,24 +186,21 @@ class Stack(nn.Module):
         x = layer(x, enc, self_mask, cross_mask, bias, token_mask, deterministic)
       else:
         x = layer(x, self_mask, bias, token_mask, deterministic)
-    x = RMSNorm(dtype=self.dtype, name="final_norm")(x)
-    return nn.Dropout(c["dropout_rate"], broadcast_dims=(-2,))(x, deterministic=deterministic)
+    x = rms_norm("final_norm", self.dtype)(x)
+    return _dropout(x, c.dropout_rate, deterministic)
 
 
-class T5(nn.Module):
+class T5(Configured):
   """T5 v1.0. Inputs: encoder_input_tokens [B, Li], decoder_input_tokens [B, Lt], and
   decoder_target_tokens [B, Lt] (only its padding pattern is used, T5X-style). Pad id 0."""
   vocab_size: int
-  cfg: dict
-  mlp: MlpSettings = MlpSettings()
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
                example_mask: Optional[jax.Array] = None, deterministic: bool = True):
     c = self.cfg
     embed = nn.Embed(
-        self.vocab_size, c["emb_dim"], dtype=self.dtype, name="shared_embedding",
+        self.vocab_size, c.emb_dim, dtype=self.dtype, name="shared_embedding",
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                     ("vocab", "embed")))
     enc_mask = (encoder_input_tokens > 0).astype(jnp.int32)
@@ -179,12 +209,12 @@ class T5(nn.Module):
       enc_mask = enc_mask * example_mask[:, None].astype(jnp.int32)
       dec_mask = dec_mask * example_mask[:, None].astype(jnp.int32)
     x = embed(encoder_input_tokens.astype(jnp.int32))
-    enc = Stack(c, self.mlp, decoder=False, dtype=self.dtype, name="encoder")(
+    enc = Stack(c, self.mlp, self.dtype, decoder=False, name="encoder")(
         x, enc_mask, deterministic=deterministic)
     y = embed(decoder_input_tokens.astype(jnp.int32))
     # decoder_input_tokens start with 0 (= pad id): the first position is real whenever its target
     # is, so the decoder mask comes from the targets.
-    y = Stack(c, self.mlp, decoder=True, dtype=self.dtype, name="decoder")(
+    y = Stack(c, self.mlp, self.dtype, decoder=True, name="decoder")(
         y, dec_mask, enc=enc, enc_mask=enc_mask, deterministic=deterministic)
-    logits = embed.attend(y) / jnp.sqrt(jnp.asarray(c["emb_dim"], self.dtype))
+    logits = embed.attend(y) / jnp.sqrt(jnp.asarray(c.emb_dim, self.dtype))
     return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))

@@ -4,49 +4,52 @@ Its single hidden layer is the activation map, measured as mlp/layer_00.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import dataclasses
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lazy_neuron.models.common import MlpSettings, image_input
+from lazy_neuron.models.common import Configured, ModelConfig, image_input, variant_table
 from lazy_neuron.models.mlp import MlpBlock
 
-VARIANTS = {
-    "tiny": dict(mlp_dim=512),
-    "base": dict(mlp_dim=2048),
-    "wide": dict(mlp_dim=8192),
-}
+
+@dataclasses.dataclass(frozen=True)
+class TwoLayerConfig(ModelConfig):
+  mlp_dim: int
 
 
-class TwoLayerMLP(nn.Module):
+VARIANTS = variant_table(TwoLayerConfig, ("mlp_dim",), {
+    "tiny": (512,),
+    "base": (2048,),
+    "wide": (8192,),
+})
+
+
+class TwoLayerMLP(Configured):
   num_classes: int
-  cfg: dict
-  mlp: MlpSettings = MlpSettings()
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, image, example_mask: Optional[jax.Array] = None, deterministic: bool = True):
     x = image_input(image.reshape(image.shape[0], -1), self.dtype)
     # The block lives at mlp/layer_00, so its metric name is mlp/layer_00.
-    y = _Layers(self.num_classes, self.cfg, self.mlp, self.dtype, name="mlp")(
+    y = _Layers(self.cfg, self.mlp, self.dtype, num_classes=self.num_classes, name="mlp")(
         x, example_mask, deterministic)
     return y.astype(jnp.float32)
 
 
-class _Layers(nn.Module):
+class _Layers(Configured):
   num_classes: int
-  cfg: dict
-  mlp: MlpSettings
-  dtype: Any
 
   @nn.compact
   def __call__(self, x, example_mask, deterministic):
-    s = self.mlp
-    return MlpBlock(d_ff=self.cfg["mlp_dim"], d_out=self.num_classes, activation=s.activation,
-                    threshold=s.threshold, topk=s.topk, topk_backend=s.topk_backend,
-                    measure=s.measure, use_bias=True, dtype=self.dtype, embed_axis="embed",
-                    hidden_axes=("batch", "mlp"),
-                    kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "normal"),
-                    name="layer_00")(x, example_mask, deterministic=deterministic)
+    block = MlpBlock
+    if self.cfg.remat:  # one layer: harmless, and `model.remat` means the same for every model
+      block = nn.remat(MlpBlock, static_argnums=(3,))
+    layer = block(self.mlp, d_ff=self.cfg.mlp_dim, d_out=self.num_classes, use_bias=True,
+                  dropout_rate=self.cfg.dropout_rate, dtype=self.dtype,
+                  hidden_axes=("batch", "mlp"),
+                  kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "normal"),
+                  name="layer_00")
+    return layer(x, example_mask, deterministic)

@@ -3,90 +3,98 @@ average pool, learned position embeddings, pre-norm blocks.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import dataclasses
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lazy_neuron.models.common import (MlpSettings, MultiHeadAttention, classifier_head, layer_norm,
-                                       patch_embed)
+from lazy_neuron import checks
+from lazy_neuron.models.common import (Configured, ModelConfig, MultiHeadAttention,
+                                       classifier_head, layer_norm, patch_embed, variant_table)
 from lazy_neuron.models.mlp import MlpBlock
 
-VARIANTS = {
-    # tiny is ours, for CPU runs and tests (patch 4 on 8..32 pixel inputs).
-    "tiny": dict(width=128, depth=4, mlp_dim=1024, num_heads=4, patch_size=4),
-    "S/16": dict(width=384, depth=12, mlp_dim=1536, num_heads=6, patch_size=16),
-    "B/16": dict(width=768, depth=12, mlp_dim=3072, num_heads=12, patch_size=16),
-    "L/16": dict(width=1024, depth=24, mlp_dim=4096, num_heads=16, patch_size=16),
-    "H/14": dict(width=1280, depth=32, mlp_dim=5120, num_heads=16, patch_size=14),
-}
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig(ModelConfig):
+  width: int
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  patch_size: int
+  pool: str = "token"          # class token, or "gap": global average pool
+  head_bias_init: float = 0.0
+
+  def __post_init__(self):
+    super().__post_init__()
+    checks.choice("model.pool", self.pool, ("token", "gap"))
 
 
-class EncoderBlock(nn.Module):
-  cfg: dict
-  mlp: MlpSettings
-  dtype: Any
+# tiny is ours, for CPU runs and tests (patch 4 on 8..32 pixel inputs).
+VARIANTS = variant_table(ViTConfig, ("width", "depth", "mlp_dim", "num_heads", "patch_size"), {
+    "tiny": (128, 4, 1024, 4, 4),
+    "S/16": (384, 12, 1536, 6, 16),
+    "B/16": (768, 12, 3072, 12, 16),
+    "L/16": (1024, 24, 4096, 16, 16),
+    "H/14": (1280, 32, 5120, 16, 14),
+})
+
+
+class EncoderBlock(Configured):
 
   @nn.compact
   def __call__(self, x, token_mask, deterministic):
     c = self.cfg
     y = layer_norm("norm_attention", self.dtype, jnp.float32)(x)
-    y = MultiHeadAttention(c["num_heads"], c["width"] // c["num_heads"], use_bias=True,
-                           dtype=self.dtype, distribution="uniform", name="attention")(y, y, deterministic=deterministic)
-    x = x + nn.Dropout(c["dropout_rate"])(y, deterministic=deterministic)
+    y = MultiHeadAttention(c.num_heads, c.width // c.num_heads, use_bias=True, dtype=self.dtype,
+                           distribution="uniform", name="attention")(
+                               y, y, deterministic=deterministic)
+    x = x + nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
     y = layer_norm("norm_mlp", self.dtype, jnp.float32)(x)
-    y = MlpBlock(d_ff=c["mlp_dim"], activation=self.mlp.activation, threshold=self.mlp.threshold,
-                 topk=self.mlp.topk, topk_backend=self.mlp.topk_backend, measure=self.mlp.measure,
-                 use_bias=True, dropout_rate=c["dropout_rate"], dtype=self.dtype,
-                 kernel_init=nn.initializers.xavier_uniform(),
+    y = MlpBlock(self.mlp, d_ff=c.mlp_dim, use_bias=True, dropout_rate=c.dropout_rate,
+                 dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
                  bias_init=nn.initializers.normal(1e-6), name="mlp")(
                      y, token_mask, deterministic=deterministic)
-    x = x + nn.Dropout(c["dropout_rate"])(y, deterministic=deterministic)
+    x = x + nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
-class ViT(nn.Module):
+class ViT(Configured):
   """Input: image [B, H, W, C]. Output: logits [B, num_classes]."""
   num_classes: int
-  cfg: dict
-  mlp: MlpSettings = MlpSettings()
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, image, example_mask: Optional[jax.Array] = None, deterministic: bool = True):
     c = self.cfg
-    x = patch_embed(image, c["width"], c["patch_size"], self.dtype, name="embedding")
+    x = patch_embed(image, c.width, c.patch_size, self.dtype, name="embedding")
     b, n, d = x.shape
     pos = self.param("pos_embedding",
                      nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                   (None, "length", "embed")),
                      (1, n, d), jnp.float32)
     x = x + pos.astype(self.dtype)
-    if c["pool"] == "token":
+    if c.pool == "token":
       cls = self.param("cls", nn.with_logical_partitioning(nn.initializers.zeros,
                                                            (None, None, "embed")),
                        (1, 1, d), jnp.float32)
       x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, d)), x], axis=1)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    x = nn.Dropout(c["dropout_rate"])(x, deterministic=deterministic)
+    x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
     token_mask = None if example_mask is None else example_mask[:, None]
     x = Transformer(c, self.mlp, self.dtype, name="vit")(x, token_mask, deterministic)
-    x = x[:, 0] if c["pool"] == "token" else jnp.mean(x, axis=1)
-    return classifier_head(x, self.num_classes, self.dtype, c["head_bias_init"])
+    x = x[:, 0] if c.pool == "token" else jnp.mean(x, axis=1)
+    return classifier_head(x, self.num_classes, self.dtype, c.head_bias_init)
 
 
-class Transformer(nn.Module):
+class Transformer(Configured):
   """The block stack: layers named layer_00, ... (the metric names are vit/layer_NN)."""
-  cfg: dict
-  mlp: MlpSettings
-  dtype: Any
 
   @nn.compact
   def __call__(self, x, token_mask, deterministic):
     block = EncoderBlock
-    if self.cfg.get("remat", False):
+    if self.cfg.remat:  # `self` counts as argument 0
       block = nn.remat(block, static_argnums=(3,))
-    for i in range(self.cfg["depth"]):
+    for i in range(self.cfg.depth):
       x = block(self.cfg, self.mlp, self.dtype, name=f"layer_{i:02d}")(x, token_mask, deterministic)
     return layer_norm("encoder_norm", self.dtype, jnp.float32)(x)
