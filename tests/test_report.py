@@ -216,7 +216,7 @@ def test_layer_short_names_are_one_rule_for_the_report_and_the_progress_line(lay
   from lazy_neuron import metrics
   from lazy_neuron.sparsity import summary
   assert summary.short_layer(layer) == short
-  assert report.short_layer is summary.short_layer and metrics._short is summary.short_layer
+  assert report.short_layer is summary.short_layer and metrics.short_layer is summary.short_layer
 
 
 # ---- notebook ----------------------------------------------------------------------------------
