@@ -75,7 +75,7 @@ class StepFlops:
     return {m.name: m.flops * m.count for m in self.matmuls}
 
   def to_json(self) -> dict:
-    return {"model_flops_per_step": self.model, "forward_flops": self.forward,
+    return {"flops_per_step": self.model, "forward_flops": self.forward,
             "backward_flops": self.backward, "remat_flops": self.recompute,
             "hardware_flops_per_step": self.hardware}
 
