@@ -53,7 +53,7 @@ from lazy_neuron import flops as flops_lib
 from lazy_neuron.errors import UserError
 
 
-def _variant_overrides(name: str) -> list[str]:
+def variant_overrides(name: str) -> list[str]:
   if name == "dense":
     return ["config.model.topk=None", "config.sparsity.enabled=true"]
   if name == "probe_off":
@@ -308,7 +308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       raise checks.fail("--variants", args.variants, "give dense, probe_off or topk=K, "
                                                      "comma-separated")
     # Every variant's config is validated before the first one runs.
-    configs = [(name, load_variant_config(args.config, overrides + _variant_overrides(name),
+    configs = [(name, load_variant_config(args.config, overrides + variant_overrides(name),
                                           info is not None)) for name in names]
     rows = []
     for name, config in configs:
