@@ -16,7 +16,7 @@ untimed, then `--steps` timed steps:
   `T5ForConditionalGeneration`, with `torch.compile`, bf16 autocast and fused AdamW.
 
 Each side runs in its own process, one after the other, so that neither's allocator holds memory
-the other needs. The table gives each side's step time, throughput (T5: tokens/s counting every
+the other needs, on one GPU (the first of CUDA_VISIBLE_DEVICES). The table gives each side's step time, throughput (T5: tokens/s counting every
 input and target position), model FLOPs per step (the same count for both, from the architecture:
 `lazy_neuron.flops`), achieved TFLOP/s and MFU, time to the first step (compilation included) and
 peak memory per device, and the speed-up of ours = peer step time / our step time. The JSON holds
@@ -101,6 +101,8 @@ def peer_sizes(name: str, model, info) -> list[str]:
 def _run(cmd: list[str]) -> int:
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([REPO] + [p for p in [env.get("PYTHONPATH")] if p])
+  # The peer trains on one GPU: ours gets the same one (not a data-parallel mesh over all of them).
+  env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
   print("+ " + shlex.join(cmd), flush=True)
   return subprocess.run(cmd, env=env, check=False).returncode
 
