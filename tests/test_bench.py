@@ -1,9 +1,13 @@
 """`lazy-neuron bench train`: fixed-batch and pipeline-fed timing rows, and its usage errors."""
 import json
+import os
 
 import pytest
 
+from lazy_neuron import flops
 from lazy_neuron.bench import train as bench_train
+
+import hostile
 
 
 def test_bench_train_times_the_step_fed_by_the_input_pipeline(tmp_path, capsys):
@@ -50,3 +54,57 @@ def test_bench_train_help_exits_0(capsys):
   with pytest.raises(SystemExit) as e:
     bench_train.main(["lazy-neuron bench train", "--help"])
   assert e.value.code == 0 and "--pipeline-warmup" in capsys.readouterr().out
+
+
+def test_bench_train_runs_the_t5_c4_config_on_synthetic_batches_without_a_tokenizer(tmp_path,
+                                                                                    capsys):
+  """configs/t5_c4.py sets no tokenizer (a real run must give one); synthetic batches need none."""
+  out = tmp_path / "sub" / "t5.json"
+  rc = bench_train.main(["lazy-neuron bench train", "--config=configs/t5_c4.py",
+                         "--synthetic=text,16,8,250", "--config.model.variant=tiny",
+                         "--config.batch_size=8", "--variants=dense", "--steps=1", "--warmup=0",
+                         f"--out={out}"])
+  printed = capsys.readouterr().out
+  assert rc == 0
+  result = json.loads(out.read_text())
+  row, = result["rows"]
+  # tiny T5 (2 + 2 layers, d 128, 4 x 32 heads, d_ff 1024), vocab 250 padded to 256
+  sizes = dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=1024, num_encoder_layers=2,
+               num_decoder_layers=2)
+  assert row["flops_per_step"] == flops.t5(sizes, 256, 8, 16, 8).model
+  assert row["tokens_per_s"] == pytest.approx(8 * (16 + 8) / (row["step_ms"] / 1e3))
+  assert row["compile_s"] > 0 and row["first_step_s"] >= row["compile_s"]
+  assert row["step_bytes_per_device"] > 0 and row["tflops_per_s"] > 0
+  assert row["mfu"] is None and "CPU" in row["mfu_peak"]  # no peak for CPUs
+  assert "peak_bytes_per_device" in row
+  assert result["hardware"]["platform"] == "cpu" and result["hardware"]["host_cpu"]
+  assert set(result["versions"]) >= {"python", "jax", "jaxlib", "flax", "optax"}
+  assert "commit" in result["git"] and result["command"].startswith("lazy-neuron bench train ")
+  assert "model FLOPs/step" in printed and "MFU" in printed
+
+
+def test_bench_train_still_validates_the_rest_of_a_synthetic_config(capsys):
+  line = hostile.refuses(bench_train.main, [
+      "lazy-neuron bench train", "--config=configs/t5_c4.py", "--synthetic=text,16,8,250",
+      "--config.optimizer.learning_rate=-1"], capsys)
+  assert "optimizer.learning_rate=-1" in line
+
+
+@pytest.mark.parametrize("where", ["file_as_folder", "folder", "readonly"])
+def test_bench_train_refuses_an_unwritable_out_before_any_work(where, tmp_path, capsys,
+                                                               monkeypatch):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  out = {"file_as_folder": blocker / "deeper" / "bench.json", "folder": tmp_path,
+         "readonly": tmp_path / "ro" / "bench.json"}[where]
+  if where == "readonly":  # root may write anywhere: ask os.access as an unprivileged user would
+    (tmp_path / "ro").mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if str(p).endswith("ro") else real(p, m))
+  monkeypatch.setattr(bench_train, "time_variant",
+                      lambda *a, **k: pytest.fail("the benchmark ran before --out was checked"))
+  snap = hostile.snapshot(tmp_path)
+  line = hostile.refuses(bench_train.main, [
+      "lazy-neuron bench train", "--config=configs/vit_digits.py:runlocal", f"--out={out}"],
+      capsys, snap)
+  assert line.startswith(f"lazy-neuron: error: --out='{out}' is not valid"), line

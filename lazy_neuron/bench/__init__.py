@@ -13,6 +13,8 @@ BENCHMARKS = {
               "training-step throughput of a config (dense vs top-k, sparsity on/off)"),
     "input": ("lazy_neuron.bench.input",
               "input-pipeline throughput (images/s decoded from JPEG records, tokens/s of text)"),
+    "peers": ("lazy_neuron.bench.peers",
+              "lazy_neuron vs timm ViT-B/16 / transformers T5-Base on the same GPU: ratio, MFU"),
 }
 
 

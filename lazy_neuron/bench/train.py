@@ -9,7 +9,22 @@ sparsity probe on vs off (the probe should cost at most a few percent of a step)
 
 Each variant builds its own jitted step, runs `--warmup` steps, then times `--steps` steps on one
 fixed batch (input pipeline excluded), blocking on the result. Prints a table; writes JSON with the
-hardware named.
+hardware, the library versions, the command line and the git commit.
+
+Per variant: step time, throughput, `compile_s` (tracing, lowering and XLA compilation of the train
+step, timed ahead of time with `lower(...).compile()`; `first_step_s` adds the first step's run),
+model FLOPs per step counted from the architecture (`lazy_neuron.flops`: matmuls and attention,
+forward + backward), achieved TFLOP/s per device and MFU against the device's dense bf16 peak
+(`flops.PEAKS`; omitted on CPUs and unknown devices), and memory per device: `peak_bytes_per_device`
+(the allocator's high-water mark of the process, where the backend reports one: variants run in
+the order given, so a later variant's value is the largest of it and the ones before) and
+`step_bytes_per_device` (XLA's own size of the compiled step: arguments + outputs + temporaries -
+donated buffers; exact per variant, on every backend).
+
+With `--synthetic` the config's data section is not used (batches are random arrays of the given
+shapes), so it is replaced by a source that reads nothing before the config is validated: a text
+config without a tokenizer or data_dir benchmarks as written. The rest of the config is validated
+as usual.
 
 `--input=pipeline` also times the same compiled step fed by the config's real input pipeline
 (`data.build` + `to_global`, exactly as `lazy-neuron train` feeds it) after `--pipeline-warmup`
@@ -22,7 +37,10 @@ input pipeline keeps up with the step (docs/data.md):
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shlex
+import subprocess
 import sys
 import time
 from typing import Optional, Sequence
@@ -30,11 +48,12 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from lazy_neuron import checks, config_lib, errors, flags
+from lazy_neuron import checks, config_lib, errors, fileio, flags
+from lazy_neuron import flops as flops_lib
 from lazy_neuron.errors import UserError
 
 
-def _variant_overrides(name: str) -> list[str]:
+def variant_overrides(name: str) -> list[str]:
   if name == "dense":
     return ["config.model.topk=None", "config.sparsity.enabled=true"]
   if name == "probe_off":
@@ -64,15 +83,119 @@ def synthetic_info(spec: Optional[str]):
                   f"text,INPUTS,TARGETS,VOCAB")
 
 
-def _peak_bytes() -> Optional[int]:
-  try:
-    stats = jax.local_devices()[0].memory_stats() or {}
-  except Exception:  # noqa: BLE001 - CPU backends may not report memory
+def check_out(flag: str, path: Optional[str]) -> Optional[str]:
+  """Refuses an output file that could not be written, before any work (one line, exit 2).
+
+  Local paths only: the nearest existing folder above it must be a writable folder (missing folders
+  are created when the file is written); remote paths (gs://...) are checked when written.
+  """
+  if path is None:
     return None
-  return stats.get("peak_bytes_in_use")
+  checks.string(flag, path)
+  if "://" in path:
+    return path
+  full = os.path.abspath(os.path.expanduser(path))
+  if os.path.isdir(full):
+    raise checks.fail(flag, path, "it is a folder; give the path of a file to write")
+  folder = os.path.dirname(full)
+  while not os.path.lexists(folder):
+    folder = os.path.dirname(folder)
+  if not os.path.isdir(folder):
+    raise checks.fail(flag, path, f"{folder} is not a folder; give a path in a writable folder")
+  if not os.access(folder, os.W_OK | os.X_OK):
+    raise checks.fail(flag, path, f"the folder {folder} is not writable; give a path in a "
+                                  "writable folder")
+  return path
 
 
-def _time_pipeline(s, setup, config, state, window, warmup: int, steps: int) -> dict:
+def write_json(path: str, payload: dict) -> None:
+  fileio.write_atomic(path, json.dumps(payload, indent=1) + "\n")
+
+
+def _peak_bytes() -> Optional[int]:
+  """The allocator's high-water mark of the process, max over this process's devices (None where
+  the backend does not report it, e.g. CPU)."""
+  peaks = []
+  for d in jax.local_devices():
+    try:
+      stats = d.memory_stats() or {}
+    except Exception:  # noqa: BLE001 - CPU backends may not report memory
+      stats = {}
+    if stats.get("peak_bytes_in_use") is not None:
+      peaks.append(int(stats["peak_bytes_in_use"]))
+  return max(peaks) if peaks else None
+
+
+def _step_bytes(compiled) -> Optional[int]:
+  """XLA's memory of one compiled step per device: arguments + outputs + temporaries - aliased."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 - not every backend implements it
+    return None
+  if m is None:
+    return None
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
+
+
+def git_commit() -> dict:
+  """The git commit of the lazy_neuron checkout that ran (None outside a git checkout)."""
+  here = os.path.dirname(os.path.abspath(__file__))
+
+  def git(*args):
+    try:
+      out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+      return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+  commit = git("rev-parse", "HEAD")
+  status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+  return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def host_cpu() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def environment() -> dict:
+  """Hardware and versions of this process (JAX side)."""
+  import flax
+  import jaxlib
+  import optax
+  devices = jax.devices()
+  return {"hardware": {"device_kind": devices[0].device_kind, "platform": devices[0].platform,
+                       "num_devices": len(devices), "num_processes": jax.process_count(),
+                       "host": platform.node(), "host_cpu": host_cpu(),
+                       "host_cpu_count": os.cpu_count()},
+          "versions": {"python": platform.python_version(), "jax": jax.__version__,
+                       "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+                       "optax": optax.__version__, "numpy": np.__version__},
+          "git": git_commit()}
+
+
+def load_variant_config(spec: str, overrides: Sequence[str], synthetic: bool):
+  """The validated config of one variant. With synthetic batches the data section is never read,
+  so it is replaced by a source that reads nothing (data checks that need a tokenizer, data_dir
+  or files must not run); every other key is validated as usual."""
+  if not synthetic:
+    return config_lib.load_config(spec, overrides)
+  from lazy_neuron import data
+  config = config_lib.load_config_file(spec)
+  config_lib.apply_overrides(config, overrides)  # data.* overrides are still type-checked
+  config.data = data.get_data_config("gaussian")
+  config_lib.validate_config(config)
+  return config
+
+
+def _time_pipeline(step, setup, config, state, window, warmup: int, steps: int) -> dict:
   """The compiled step fed by the config's input pipeline, as `train` feeds it."""
   from lazy_neuron import data
   from lazy_neuron.steps import to_global
@@ -80,13 +203,13 @@ def _time_pipeline(s, setup, config, state, window, warmup: int, steps: int) -> 
   it = data.build(config.data, split="train", batch_size=config.batch_size, seed=config.seed)
   first = next(it)
   startup_s = time.perf_counter() - t_start
-  state, window = s.train_step(state, window, to_global(first, setup.batch_sharding))
+  state, window = step(state, window, to_global(first, setup.batch_sharding))
   for _ in range(warmup):
-    state, window = s.train_step(state, window, to_global(next(it), setup.batch_sharding))
+    state, window = step(state, window, to_global(next(it), setup.batch_sharding))
   jax.block_until_ready(state)
   t0 = time.perf_counter()
   for _ in range(steps):
-    state, window = s.train_step(state, window, to_global(next(it), setup.batch_sharding))
+    state, window = step(state, window, to_global(next(it), setup.batch_sharding))
   jax.block_until_ready((state, window))
   dt = (time.perf_counter() - t0) / steps
   it.close()
@@ -116,25 +239,41 @@ def time_variant(config, warmup: int, steps: int, info=None, pipeline_warmup: Op
   with s.context():
     state = s.init(jax.random.PRNGKey(0))
     window = s.zero_window()
+    jax.block_until_ready((state, window))
     t_compile = time.perf_counter()
-    state, window = s.train_step(state, window, batch)
-    jax.block_until_ready(state)
+    # Ahead of time, so that compilation is timed on its own; the compiled step is what runs.
+    step = s.train_step.lower(state, window, batch).compile()
     compile_s = time.perf_counter() - t_compile
+    state, window = step(state, window, batch)
+    jax.block_until_ready(state)
+    first_step_s = time.perf_counter() - t_compile
     for _ in range(warmup):
-      state, window = s.train_step(state, window, batch)
+      state, window = step(state, window, batch)
     jax.block_until_ready(state)
     t0 = time.perf_counter()
     for _ in range(steps):
-      state, window = s.train_step(state, window, batch)
+      state, window = step(state, window, batch)
     jax.block_until_ready((state, window))
     dt = (time.perf_counter() - t0) / steps
-    fed = {} if pipeline_warmup is None else _time_pipeline(s, setup, config, state, window,
+    fed = {} if pipeline_warmup is None else _time_pipeline(step, setup, config, state, window,
                                                              pipeline_warmup, steps)
   n_params = int(parameter_overview.count_parameters(setup.abstract_state["params"]))
+  count = flops_lib.train_step(setup.model, setup.info, config.batch_size)
+  device_kind = setup.mesh.devices.flat[0].device_kind
+  mfu, tflops, peak_note = flops_lib.mfu(count.model, dt, setup.mesh.size, device_kind)
+  tokens = {}
+  if setup.model.task == "seq2seq":  # every input and target position, padding included
+    per_example = setup.info.inputs_length + setup.info.targets_length
+    tokens = {"tokens_per_example": per_example,
+              "tokens_per_s": config.batch_size * per_example / dt}
   return {"step_ms": dt * 1e3, "steps_per_s": 1.0 / dt,
-          "examples_per_s": config.batch_size / dt, "first_step_s": compile_s,
+          "examples_per_s": config.batch_size / dt, **tokens, "batch_size": config.batch_size,
+          "compile_s": compile_s, "first_step_s": first_step_s,
           "params": n_params, "mesh": dict(setup.mesh.shape),
-          "peak_bytes_per_device": _peak_bytes(), **fed}
+          **count.to_json(),
+          "tflops_per_s": tflops, "mfu": mfu, "mfu_peak": peak_note,
+          "peak_bytes_per_device": _peak_bytes(), "step_bytes_per_device": _step_bytes(step),
+          **fed}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -158,29 +297,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     checks.integer("--steps", args.steps, min=1)
     checks.integer("--warmup", args.warmup, min=0)
     checks.integer("--pipeline-warmup", args.pipeline_warmup, min=0)
+    check_out("--out", args.out)
     info = synthetic_info(args.synthetic)
     if args.input == "pipeline" and info is not None:
       raise UserError("--input=pipeline reads the config's data; it cannot be combined with "
                       f"--synthetic={args.synthetic!r}")
     pipeline_warmup = args.pipeline_warmup if args.input == "pipeline" else None
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not names:
+      raise checks.fail("--variants", args.variants, "give dense, probe_off or topk=K, "
+                                                     "comma-separated")
+    # Every variant's config is validated before the first one runs.
+    configs = [(name, load_variant_config(args.config, overrides + variant_overrides(name),
+                                          info is not None)) for name in names]
     rows = []
-    for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
-      config = config_lib.load_config(args.config, overrides + _variant_overrides(name))
+    for name, config in configs:
       rows.append({"variant": name, **time_variant(config, args.warmup, args.steps, info,
                                                    pipeline_warmup)})
   except UserError as e:
     return errors.report(e)
-  base = rows[0]["step_ms"]
-  device = jax.devices()[0]
-  print(f"config {args.config} {' '.join(overrides)} on {len(jax.devices())} x "
-        f"{device.device_kind} ({device.platform})")
-  print(f"{'variant':<14} {'step ms':>10} {'steps/s':>9} {'examples/s':>11} {'vs first':>9} "
-        f"{'peak GiB/dev':>12}")
-  for r in rows:
-    peak = r["peak_bytes_per_device"]
-    peak_s = f"{peak / 2**30:.2f}" if peak else "-"
-    print(f"{r['variant']:<14} {r['step_ms']:>10.2f} {r['steps_per_s']:>9.2f} "
-          f"{r['examples_per_s']:>11.1f} {r['step_ms'] / base - 1:>+8.1%} {peak_s:>12}")
+  env = environment()
+  hw = env["hardware"]
+  print(f"config {args.config} {' '.join(overrides)} on {hw['num_devices']} x "
+        f"{hw['device_kind']} ({hw['platform']})")
+  print_table(rows)
   if args.input == "pipeline":
     print(f"\nfed by the input pipeline ({args.pipeline_warmup} steps to drain the prefetch, then "
           f"{args.steps} timed)")
@@ -189,12 +329,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(f"{r['variant']:<14} {r['pipeline_step_ms']:>10.2f} {r['pipeline_examples_per_s']:>11.1f} "
             f"{r['pipeline_step_ms'] / r['step_ms'] - 1:>+8.1%} {r['pipeline_startup_s']:>10.1f}")
   if args.out:
-    with open(args.out, "w") as f:
-      json.dump({"config": args.config, "overrides": overrides, "rows": rows,
-                 "hardware": {"device_kind": device.device_kind, "platform": device.platform,
-                              "num_devices": len(jax.devices()), "host": platform.node(),
-                              "jax": jax.__version__}}, f, indent=1)
+    write_json(args.out, {"config": args.config, "overrides": overrides,
+                          "synthetic": args.synthetic, "steps": args.steps,
+                          "warmup": args.warmup, "rows": rows,
+                          "command": shlex.join(["lazy-neuron", "bench", "train", *argv[1:]]),
+                          **env})
   return 0
+
+
+def _gib(n: Optional[int]) -> str:
+  return f"{n / 2**30:.2f}" if n else "-"
+
+
+def print_table(rows: list[dict]) -> None:
+  base = rows[0]["step_ms"]
+  print(f"model FLOPs/step {rows[0]['flops_per_step']:.4g} (matmuls, forward + backward, counted "
+        f"from the architecture); MFU vs {rows[0]['mfu_peak']}")
+  print(f"{'variant':<14} {'step ms':>10} {'examples/s':>11} {'vs first':>9} {'TFLOP/s':>8} "
+        f"{'MFU':>6} {'compile s':>9} {'peak GiB/dev':>12} {'step GiB/dev':>12}")
+  for r in rows:
+    mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+    print(f"{r['variant']:<14} {r['step_ms']:>10.2f} {r['examples_per_s']:>11.1f} "
+          f"{r['step_ms'] / base - 1:>+8.1%} {r['tflops_per_s']:>8.1f} {mfu:>6} "
+          f"{r['compile_s']:>9.1f} {_gib(r['peak_bytes_per_device']):>12} "
+          f"{_gib(r['step_bytes_per_device']):>12}")
 
 
 if __name__ == "__main__":
