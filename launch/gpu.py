@@ -41,14 +41,17 @@ RSYNC_EXCLUDES = (".git", "__pycache__", "*.egg-info", ".venv", "venv", ".pytest
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                              epilog="Flags after `--` go to `lazy-neuron train` unchanged.")
+  p = common.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                            epilog="Flags after `--` go to `lazy-neuron train` unchanged.")
   p.add_argument("command", choices=COMMANDS,
                  help="slurm: submit a batch job; ssh: start on --hosts; check/logs/stop: a running ssh job")
   p.add_argument("--config", help="e.g. configs/vit.py or configs/t5_base.py:runlocal")
   p.add_argument("--workdir", help="shared by all hosts: gs://BUCKET/runs/NAME or a shared filesystem")
   p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                  help="environment for the train command, e.g. TFDS_DATA_DIR=gs://BUCKET/tfds (repeatable)")
+  p.add_argument("--skip-config-check", action="store_true",
+                 help="launch without first loading --config and its overrides here (the check "
+                 "needs the project's packages and the config's local files)")
   p.add_argument("--dry-run", action="store_true", help="print the script and every command, run none")
   s = p.add_argument_group("slurm")
   s.add_argument("--nodes", type=int, default=1)
@@ -162,6 +165,10 @@ def ssh(host: str, script: str) -> list[str]:
   return ["ssh", "-o", "BatchMode=yes", host, script]
 
 
+def _distributed_flags(coordinator: str, n: int, i: int) -> list[str]:
+  return [f"--coordinator_address={coordinator}", f"--num_processes={n}", f"--process_id={i}"]
+
+
 def ssh_start(args: argparse.Namespace, runner: Runner) -> int:
   hosts = hosts_of(args)
   if not args.config or not args.workdir:
@@ -171,6 +178,9 @@ def ssh_start(args: argparse.Namespace, runner: Runner) -> int:
     raise UsageError(f"--coordinator-port={args.coordinator_port} is not valid; expected 1..65535")
   n = len(hosts)
   coordinator = f"{args.coordinator_host or hosts[0].split('@')[-1]}:{args.coordinator_port}"
+  if not args.skip_config_check:  # before any host is touched; with host 0's distributed flags
+    common.check_run(args.config, args.workdir, [*args.train_flags, *_distributed_flags(
+        coordinator, n, 0)])
   if n > 1 and not args.workdir.startswith("gs://"):
     runner.note(f"workdir {args.workdir} must be on a filesystem that all {n} hosts share")
   env = common.parse_env(args.env)
@@ -192,8 +202,7 @@ def ssh_start(args: argparse.Namespace, runner: Runner) -> int:
       ])))
   status = {}
   for i, host in enumerate(hosts):
-    flags = [*args.train_flags, f"--coordinator_address={coordinator}", f"--num_processes={n}",
-             f"--process_id={i}"]
+    flags = [*args.train_flags, *_distributed_flags(coordinator, n, i)]
     train = common.train_command(args.venv_dir, args.config, args.workdir, flags, env)
     proc = runner.run(ssh(host, common.start_script(str(i), args.code_dir, args.remote_log_dir, train)),
                       capture=True, check=False)
@@ -239,7 +248,7 @@ def ssh_stop(args: argparse.Namespace, runner: Runner) -> int:
 
 def main(argv: list[str]) -> int:
   own, train_flags = common.split_passthrough(argv)
-  args = build_parser().parse_args(own)
+  args = common.parse(build_parser(), own)
   args.train_flags = common.check_train_flags(train_flags)
   for flag in ("code_dir", "venv_dir", "remote_log_dir"):
     common.check_remote_dir(getattr(args, flag), "--" + flag.replace("_", "-"), absolute_ok=True)
@@ -250,6 +259,8 @@ def main(argv: list[str]) -> int:
     if not args.config or not args.workdir:
       raise UsageError("--config and --workdir are required, e.g. --config=configs/vit.py "
                        "--workdir=gs://BUCKET/runs/vit")
+    if not args.skip_config_check:  # before the script is written or the job submitted
+      common.check_run(args.config, args.workdir, args.train_flags)
     return slurm(args, runner)
   return {"ssh": ssh_start, "check": ssh_check, "logs": ssh_logs, "stop": ssh_stop}[args.command](
       args, runner)

@@ -1,10 +1,15 @@
 """What the launchers share: a runner with a dry run, the train command, and the per-worker scripts.
 
-Standard library only: the launchers run on a laptop that has gcloud/ssh/sbatch but not the project.
-Every remote script is one line of bash, so `--dry-run` prints one command per line.
+The launchers run on a laptop that has gcloud/ssh/sbatch. Their own code is the standard library
+plus the project's stdlib-only flag parser (`lazy_neuron.flags`: one-line errors, repeated flags
+refused); checking the run's config before anything is created (`check_run`) needs the project's
+packages (ml_collections, jax, ...), as `lazy-neuron train` does; `--skip-config-check` launches
+without them. Every remote script is one line of bash, so `--dry-run` prints one command per line.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shlex
 import subprocess
@@ -14,6 +19,12 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+if str(PROJECT_ROOT) not in sys.path:  # this checkout's lazy_neuron, installed or not
+  sys.path.insert(0, str(PROJECT_ROOT))
+from lazy_neuron import flags as _flags  # noqa: E402  (stdlib only)
+from lazy_neuron.errors import UserError  # noqa: E402
+
+ArgumentParser = _flags.ArgumentParser  # argparse with one-line errors, no abbreviations
 # Tag that the per-worker scripts print; the launchers read it back to tell who started.
 TAG = "lazy-neuron"
 STATUS_RE = re.compile(rf"^{TAG}: worker (\S+): (started|running|finished|NOT RUNNING|BUSY)\b(.*)$")
@@ -79,6 +90,35 @@ class Runner:
       self.note(f"wait {seconds:g} s")
     else:
       time.sleep(seconds)
+
+
+def parse(p: ArgumentParser, argv: Sequence[str]):
+  """The launcher's own flags: a mistake (unknown, missing, repeated) is one UserError line."""
+  return _flags.parse(p, argv)[0]
+
+
+def check_run(config: str, workdir: str, train_flags: Sequence[str]) -> None:
+  """Runs the checks `lazy-neuron train` makes before it starts (its flags, the config file, the
+  `--config.*` overrides, `validate_config`), here, before any machine is created or job submitted.
+  Relative paths are read from the project root: the remote run starts in a copy of it."""
+  try:
+    from lazy_neuron import config_lib, train
+  except ImportError as e:
+    raise UsageError(f"checking --config={config} before launching needs the project's packages "
+                     f"({e}); run the launcher with the project's venv (.venv/bin/python "
+                     f"{Path(sys.argv[0]).name} ...) or pass --skip-config-check") from None
+  with contextlib.chdir(PROJECT_ROOT):
+    ns, overrides = train.parse_flags(["lazy-neuron train", f"--config={config}",
+                                       f"--workdir={workdir}", *train_flags])
+    try:
+      config_lib.load_config(ns.config, overrides)
+    except UserError:
+      raise
+    except Exception as e:  # noqa: BLE001 - a config file is user code: a syntax error, a crash
+      where = f" (line {e.lineno})" if isinstance(e, SyntaxError) and e.lineno else ""
+      detail = e.msg if isinstance(e, SyntaxError) else (str(e).strip().splitlines() or [""])[0][:200]
+      raise UsageError(f"--config={config} cannot be loaded: {type(e).__name__}{where}: {detail}; "
+                       "fix the config file") from None
 
 
 def split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -221,7 +261,7 @@ def report_workers(expected: Sequence[str], status: Mapping[str, str], what: str
 def main_wrapper(prog: str, main, argv: Sequence[str] | None) -> int:
   try:
     return main(list(sys.argv[1:] if argv is None else argv)) or 0
-  except UsageError as e:
+  except (UsageError, UserError) as e:
     print(f"{prog}: error: {e}", file=sys.stderr)
     return 2
   except LaunchError as e:

@@ -64,8 +64,8 @@ def workers_for(accelerator_type: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                              epilog="Flags after `--` go to `lazy-neuron train` unchanged.")
+  p = common.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                            epilog="Flags after `--` go to `lazy-neuron train` unchanged.")
   p.add_argument("command", choices=COMMANDS)
   p.add_argument("--name", required=True, help="TPU VM (and queued resource) name")
   p.add_argument("--zone", required=True, help="e.g. us-central2-b (v4), us-west4-a (v5e), us-east5-b (v6e)")
@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="seconds between starting and checking that every worker runs")
   p.add_argument("--delete-after", action="store_true",
                  help="`up`: delete the TPU VM once the run has ended (not when you press Ctrl-C)")
+  p.add_argument("--skip-config-check", action="store_true",
+                 help="launch without first loading --config and its overrides here (the check "
+                 "needs the project's packages and the config's local files)")
   p.add_argument("--dry-run", action="store_true", help="print every command, run none")
   return p
 
@@ -256,7 +259,7 @@ class Tpu:
 
 def main(argv: list[str]) -> int:
   own, train_flags = common.split_passthrough(argv)
-  args = build_parser().parse_args(own)
+  args = common.parse(build_parser(), own)
   args.train_flags = common.check_train_flags(train_flags)
   for flag in ("code_dir", "venv_dir", "log_dir"):
     common.check_remote_dir(getattr(args, flag), "--" + flag.replace("_", "-"))
@@ -279,6 +282,8 @@ def main(argv: list[str]) -> int:
   if cmd in ("up", "run"):
     known = args.num_workers or (workers_for(args.accelerator_type) if args.accelerator_type else None)
     tpu.check_run_flags(known)
+    if not args.skip_config_check:  # before any VM is created or run started
+      common.check_run(args.config, args.workdir, args.train_flags)
   if cmd == "up":
     if not args.accelerator_type:
       raise UsageError("--accelerator-type is required to create a TPU VM, e.g. v4-32 or v5litepod-16")

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lazy_neuron import errors, fileio, results
+from lazy_neuron import checks, errors, fileio, outpaths, results
 from lazy_neuron.errors import UserError
 from lazy_neuron.results import LAZY_FIRING_RATE, Run
 from lazy_neuron.sparsity.summary import short_layer
@@ -385,11 +385,20 @@ def write_report(runs: Sequence[Run], out: str) -> str:
   return os.fspath(index)
 
 
-def _check_out(out: str) -> None:
-  from etils import epath
-  p = epath.Path(out)
-  if results.exists(p) and not p.is_dir():
-    raise UserError(f"--out={out} is an existing file; pass a folder (local or gs://)")
+def _load_runs(workdirs: Sequence[str]) -> list[Run]:
+  """results.load_runs, with an unreadable workdir file (a folder named metrics.jsonl, no read
+  permission, bytes that are not UTF-8) as a UserError naming it instead of a traceback."""
+  for w in workdirs:
+    checks.string("DIR", w)
+  try:
+    return results.load_runs(workdirs)
+  except OSError as e:
+    where = e.filename or " ".join(workdirs)
+    raise UserError(f"cannot read {where} ({e.strerror or type(e).__name__}); pass the --workdir "
+                    "of a `lazy-neuron train` run") from None
+  except UnicodeDecodeError as e:
+    raise UserError(f"a file in {' '.join(workdirs)} is not UTF-8 text ({e.reason} at byte "
+                    f"{e.start}); pass the --workdir of a `lazy-neuron train` run") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -399,11 +408,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   p = flags.parser(cli.prog_name(argv, "lazy-neuron report"),
                    "Figures, index.html and summary.json from one or more workdirs.")
   p.add_argument("workdirs", nargs="+", metavar="DIR", help="workdirs of `lazy-neuron train`")
-  p.add_argument("--out", required=True, help="output folder (local or gs://)")
+  p.add_argument("--out", required=True, help="output folder (local or gs://); an earlier report "
+                 "there is replaced")
   try:
     args, _ = flags.parse(p, argv[1:])
-    runs = results.load_runs(args.workdirs)  # all read and checked before anything is written
-    _check_out(args.out)
+    runs = _load_runs(args.workdirs)  # all read and checked before anything is written
+    outpaths.folder("--out", args.out)
   except UserError as e:
     return errors.report(e)
   print(write_report(runs, args.out))

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TPU, GPU = str(ROOT / "launch" / "tpu.py"), str(ROOT / "launch" / "gpu.py")
 TPU_FLAGS = ["--name=ln-test", "--zone=us-central2-b", "--project=my-proj"]
-RUN_FLAGS = ["--config=configs/t5_base.py:runlocal", "--workdir=gs://bucket/runs/t5"]
+RUN_FLAGS = ["--config=configs/t5_c4.py:runlocal", "--workdir=gs://bucket/runs/t5"]
 
 
 def launch(script, *args, env=None, check=True):
@@ -66,7 +66,7 @@ def test_tpu_up_dry_run_prints_every_step():
   assert "tar -xzf" in unpack
   assert "venv" in venv and "--python 3.12" in venv and "[tpu]" in venv and "pip install" in venv
   assert "lazy-neuron train" in start and "nohup" in start and "train.pid" in start
-  for part in ("--config=configs/t5_base.py:runlocal", "--workdir=gs://bucket/runs/t5",
+  for part in ("--config=configs/t5_c4.py:runlocal", "--workdir=gs://bucket/runs/t5",
                "--config.total_steps=7", "TFDS_DATA_DIR=gs://bucket/tfds"):
     assert part in start
   assert "kill -0" in check
@@ -195,7 +195,7 @@ def test_slurm_dry_run_prints_the_script_and_sbatch(tmp_path):
   srun = shlex.split(script.splitlines()[-1])
   assert srun[0] == "srun" and "--kill-on-bad-exit=1" in srun and "--ntasks-per-node=1" in srun
   assert srun[srun.index(f"{tmp_path}/venv/bin/lazy-neuron"):] == [
-      f"{tmp_path}/venv/bin/lazy-neuron", "train", "--config=configs/t5_base.py:runlocal",
+      f"{tmp_path}/venv/bin/lazy-neuron", "train", "--config=configs/t5_c4.py:runlocal",
       "--workdir=gs://bucket/runs/t5", "--config.seed=3"]
   assert "--coordinator_address" not in script  # SLURM's variables give it (lazy_neuron.distributed)
   cmds = commands(out)
@@ -226,7 +226,7 @@ def test_ssh_dry_run_starts_every_host_and_follows_host_0():
   assert all("-m venv" in s and "[cuda]" in s for s in setups)
   for i, cmd in enumerate(ssh_cmds[3:6]):
     start = remote(cmd)
-    for part in ("lazy-neuron train", "--config=configs/t5_base.py:runlocal", "--config.seed=1",
+    for part in ("lazy-neuron train", "--config=configs/t5_c4.py:runlocal", "--config.seed=1",
                  "--coordinator_address=gpu1:9000", "--num_processes=3", f"--process_id={i}", "nohup"):
       assert part in start, part
   assert "kill -0" in remote(ssh_cmds[6]) and "tail" in remote(ssh_cmds[-1])

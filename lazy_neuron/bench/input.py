@@ -18,6 +18,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from typing import Optional, Sequence
@@ -61,6 +62,15 @@ def synthetic_jpeg(rng: np.random.Generator, min_side: int, max_side: int, quali
   return buf.getvalue()
 
 
+# Upper bound of a synthetic JPEG's bytes (the mean is ~110 kB), for the free-space check.
+JPEG_BYTES = 200_000
+
+
+def records_dir(root: str, n: int) -> str:
+  """Where `make_records(root, n)` writes (and finds an earlier copy)."""
+  return os.path.join(os.path.abspath(os.path.expanduser(root)), f"v2-n{n}")
+
+
 def make_records(root: str, n: int, *, min_side=256, max_side=500, quality=90, seed=0) -> str:
   """Writes `bench_jpeg` (N train + 64 test JPEGs, 1000 classes) as ArrayRecord under `root`."""
   import tensorflow_datasets as tfds
@@ -87,7 +97,7 @@ def make_records(root: str, n: int, *, min_side=256, max_side=500, quality=90, s
           for i, jpeg in zip(ids, pool.map(one, ids)):
             yield i, {"image": jpeg, "label": i % 1000}
 
-  data_dir = os.path.join(os.path.abspath(os.path.expanduser(root)), f"v2-n{n}")
+  data_dir = records_dir(root, n)
   builder = BenchJpeg(data_dir=data_dir, file_format="array_record")
   if not os.path.exists(os.path.join(os.fspath(builder.data_dir), "dataset_info.json")):
     tfds.display_progress_bar(False)
@@ -155,7 +165,7 @@ def _pixels(jpeg) -> int:
 
 
 def _parse_flags(argv: list[str]):
-  from lazy_neuron import checks, cli, flags
+  from lazy_neuron import checks, cli, flags, outpaths
   from lazy_neuron.bench import int_list
 
   p = flags.parser(cli.prog_name(argv, "lazy-neuron bench input"), __doc__.split("\n\n")[0])
@@ -176,9 +186,12 @@ def _parse_flags(argv: list[str]):
                  help="batch dtype: float32 (normalised on the host) or uint8 (normalised by the model)")
   p.add_argument("--out", default="bench_input.json")
   args, _ = flags.parse(p, argv[1:])
+  cpus = os.cpu_count() or 1
+  checks.integer("--make-records", args.make_records, min=1)
   checks.integer("--batch-size", args.batch_size, min=1)
   checks.integer("--image-size", args.image_size, min=1)
-  checks.integer("--threads", args.threads, min=1, none_ok=True)
+  # More than 4 threads or processes per core only thrash (and each worker is a process).
+  checks.integer("--threads", args.threads, min=1, max=4 * cpus, none_ok=True)
   checks.integer("--batches", args.batches, min=1, none_ok=True)
   checks.integer("--warmup", args.warmup, min=0)
   checks.integer("--decode-images", args.decode_images, min=0)
@@ -187,7 +200,35 @@ def _parse_flags(argv: list[str]):
                       f"use at least --batch-size={args.batch_size} records")
   if args.workers is not None:
     args.workers = int_list("--workers", args.workers, min=-1, example="0,8,16")
+    for w in args.workers:
+      checks.integer("--workers", w, min=-1, max=4 * cpus)
+  batch_bytes = args.batch_size * args.image_size ** 2 * 3 * (4 if args.image_dtype == "float32" else 1)
+  memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  if batch_bytes > memory // 4:  # prefetched batches sit in memory several at a time
+    raise checks.fail("--image-size", args.image_size,
+                      f"one batch of {args.batch_size} would take {batch_bytes / 2**30:.1f} GiB, more "
+                      f"than a quarter of this machine's {memory / 2**30:.1f} GiB; use a smaller "
+                      "--image-size or --batch-size")
+  # Every path written, checked before the records are made (minutes of work).
+  outpaths.file("--out", args.out)
+  if "://" in args.dir:  # array_record and the JPEG writer write local files only
+    raise checks.fail("--dir", args.dir, "use a local folder")
+  outpaths.folder("--dir", args.dir)
+  if not os.path.exists(os.path.join(records_dir(args.dir, args.make_records), "bench_jpeg")):
+    need = args.make_records * JPEG_BYTES
+    free = shutil.disk_usage(_existing(args.dir)).free
+    if need > free:
+      raise checks.fail("--make-records", args.make_records,
+                        f"about {need / 2**30:.1f} GiB of JPEGs would not fit the {free / 2**30:.1f} "
+                        f"GiB free in --dir={args.dir}; use fewer records or another --dir")
   return args
+
+
+def _existing(path: str) -> str:
+  path = os.path.abspath(os.path.expanduser(path))
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  return path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -200,6 +241,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except UserError as e:
     return errors.report(e)
   from absl import flags
+
+  from lazy_neuron import fileio
 
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
@@ -246,8 +289,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result["estimate_16_cores"] = 16 * result["decode"][0]["images_per_s_per_core"]
     print(f"\nbest {best:.0f} img/s; one-core decode rate x 16 = {result['estimate_16_cores']:.0f} img/s "
           f"(target 3500)")
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
+  fileio.write_atomic(args.out, json.dumps(result, indent=2))
   print(f"wrote {args.out}")
   return 0
 

@@ -18,6 +18,7 @@ Imports only jax, numpy (and optionally torch): it runs on machines without the 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -153,18 +154,23 @@ def _fmt(v):
   return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+# The full grid (meant for a GPU) and --quick's (seconds on a CPU): defaults of the flags not given.
+FULL = dict(T=65536, D="1024,3072,4096,16384", k="16,64,128,512", dtypes="bfloat16,float32")
+QUICK = dict(T=2048, D="1024", k="16,128", dtypes="float32")
+
+
 def _parse_flags(argv):
-  from lazy_neuron import checks, cli, flags
+  from lazy_neuron import checks, cli, flags, outpaths
   from lazy_neuron.bench import int_list
   from lazy_neuron.kernels import topk as topk_lib
 
   p = flags.parser(cli.prog_name(argv, "lazy-neuron bench topk"), __doc__.splitlines()[0])
   p.add_argument("--out", default=None, help="write results JSON here")
-  p.add_argument("--T", type=int, default=65536, help="rows (tokens) per call")
-  p.add_argument("--D", default="1024,3072,4096,16384", help="comma list of row widths")
-  p.add_argument("--k", default="16,64,128,512", help="comma list of k")
-  p.add_argument("--dtypes", default="bfloat16,float32",
-                 help="comma list of bfloat16, float16, float32")
+  p.add_argument("--T", type=int, default=None, help=f"rows (tokens) per call (default {FULL['T']})")
+  p.add_argument("--D", default=None, help=f"comma list of row widths (default {FULL['D']})")
+  p.add_argument("--k", default=None, help=f"comma list of k (default {FULL['k']})")
+  p.add_argument("--dtypes", default=None,
+                 help=f"comma list of bfloat16, float16, float32 (default {FULL['dtypes']})")
   p.add_argument("--backend", default="auto")
   p.add_argument("--baselines", default="lax,approx,torch",
                  help="comma list of lax, approx, torch (empty for none)")
@@ -173,22 +179,54 @@ def _parse_flags(argv):
   p.add_argument("--sweep", action="store_true", help="also sweep Triton launch configs")
   p.add_argument("--tune", action="store_true",
                  help="per (D, dtype): time Triton launch configs at k=128, use the best")
-  p.add_argument("--quick", action="store_true", help="tiny grid, seconds on a CPU")
+  p.add_argument("--quick", action="store_true",
+                 help=f"tiny grid, seconds on a CPU: defaults {QUICK} for the flags not given")
   p.add_argument("--hardware", default=None, help="hardware name recorded in the JSON")
   a, _ = flags.parse(p, argv[1:])
-  if a.quick:
-    a.T, a.D, a.k, a.dtypes = 2048, "1024", "16,128", "float32"
+  # --quick changes the defaults only: a value given on the command line is kept.
+  for key, value in (QUICK if a.quick else FULL).items():
+    if getattr(a, key) is None:
+      setattr(a, key, value)
   checks.integer("--T", a.T, min=1)
   a.D, a.k = (int_list("--D", a.D, min=1, example="1024,3072"),
-                int_list("--k", a.k, min=1, example="16,128"))
-  a.dtypes = a.dtypes.split(",")
+              int_list("--k", a.k, min=1, example="16,128"))
+  if min(a.k) > max(a.D):
+    raise checks.fail("--k", ",".join(map(str, a.k)),
+                      f"every k is larger than every row width --D={','.join(map(str, a.D))}; "
+                      "use k <= D")
+  a.skipped = [(k, d) for d in a.D for k in a.k if k > d]
+  a.dtypes = [d.strip() for d in a.dtypes.split(",")]
   for dtype in a.dtypes:
     checks.choice("--dtypes", dtype, ("bfloat16", "float16", "float32"))
   a.baselines = [b for b in a.baselines.split(",") if b]
   for b in a.baselines:
     checks.choice("--baselines", b, ("lax", "approx", "torch"))
   a.backend = topk_lib.resolve_backend(checks.choice("--backend", a.backend, topk_lib.BACKENDS))
+  if a.hardware is not None:
+    checks.string("--hardware", a.hardware)
+  if a.out is not None:
+    outpaths.file("--out", a.out)
+  _check_memory(a)
   return a
+
+
+def _check_memory(a) -> None:
+  """The largest row block must fit the device: x, g, the output and temporaries, ~8 copies."""
+  from lazy_neuron import checks
+
+  dev = jax.devices()[0]
+  limit = None
+  try:
+    limit = (dev.memory_stats() or {}).get("bytes_limit")
+  except Exception:  # noqa: BLE001 - CPU and some backends have no memory stats
+    pass
+  if limit is None and dev.platform == "cpu":
+    limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  need = 8 * a.T * max(a.D) * 4
+  if limit and need > limit:
+    raise checks.fail("--T", a.T, f"--T x --D={max(a.D)} needs about {need / 2**30:.1f} GiB, more "
+                                  f"than the {limit / 2**30:.1f} GiB of {dev.device_kind}; use a "
+                                  "smaller --T or --D")
 
 
 def main(argv=None) -> int:
@@ -200,6 +238,7 @@ def main(argv=None) -> int:
     a = _parse_flags(argv)
   except UserError as e:
     return errors.report(e)
+  from lazy_neuron import fileio
   from lazy_neuron.kernels import topk as topk_lib
   backend = a.backend  # resolved: the name of the implementation that runs
   dev = jax.devices()[0]
@@ -212,6 +251,8 @@ def main(argv=None) -> int:
   cols = ["dtype", "D", "k", "copy_ms", "fwd_ms", "bwd_ms", "lax_ms", "approx_ms", "torch_ms",
           "exact"]
   print(" ".join(f"{c:>9}" for c in cols), flush=True)
+  if a.skipped:
+    print(f"# skipped k > D: {', '.join(f'k={k} D={d}' for k, d in a.skipped)}", flush=True)
   tuned = []
   for dtype in a.dtypes:
     for d in a.D:
@@ -230,9 +271,9 @@ def main(argv=None) -> int:
                       data=a.data, torch=torch, check=not a.no_check)
         results.append(rec)
         print(" ".join(f"{_fmt(rec.get(c)):>9}" for c in cols), flush=True)
-        if a.out:  # incremental, so a run cut short still leaves its rows
-          with open(a.out, "w") as f:
-            json.dump(dict(meta=meta, results=results, tuned=tuned), f, indent=1)
+        if a.out:  # incremental (and atomic), so a run cut short still leaves its rows
+          fileio.write_atomic(a.out, json.dumps(dict(meta=meta, results=results, tuned=tuned),
+                                                indent=1))
   out = dict(meta=meta, results=results, tuned=tuned)
   if a.sweep and dev.platform == "gpu":
     cfgs = []
@@ -251,8 +292,7 @@ def main(argv=None) -> int:
         for b in ("jnp", "interpret_gpu", "reference")}
     print(f"# CPU [256, 1024] f32 k=64 ms: {out['cpu_choice']}", flush=True)
   if a.out:
-    with open(a.out, "w") as f:
-      json.dump(out, f, indent=1)
+    fileio.write_atomic(a.out, json.dumps(out, indent=1))
     print(f"# wrote {a.out}", flush=True)
   return 0
 

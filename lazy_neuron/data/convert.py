@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import sys
 import time
@@ -148,7 +149,8 @@ def convert(dataset: str, data_dir: str, out_dir: str, *, workers: int = 8,
             log=lambda msg: print(msg, flush=True), stage_locally: Optional[bool] = None) -> str:
   """Writes `out_dir/<name>[/<config>]/<version>` as ArrayRecord; returns that directory.
 
-  Local `out_dir`: written under `<version>.incomplete-*`, renamed at the end. Remote (gs://), where
+  Local `out_dir`: written under `<version>.incomplete-*`, renamed at the end; on any failure the
+  folders this call made are removed, so a local output is all or nothing. Remote (gs://), where
   directories do not rename atomically: shards are written to a local staging dir one at a time and
   copied into place; `dataset_info.json`, which makes TFDS see the dataset, is written last.
   """
@@ -174,7 +176,30 @@ def convert(dataset: str, data_dir: str, out_dir: str, *, workers: int = 8,
   else:
     tmp = dst.parent / f"{dst.name}.incomplete-{uuid.uuid4().hex[:8]}"
     staging = None
+  # The highest folder this call creates: on failure it goes, so a local output is all or nothing.
+  created = None if stage_locally else _first_missing(os.fspath(tmp))
   tmp.mkdir(parents=True, exist_ok=stage_locally)
+  try:
+    _convert_all(b, src_dir, tmp, staging, workers, dataset, dst, out_dir, log)
+  except BaseException:
+    if created is not None:
+      shutil.rmtree(created, ignore_errors=True)
+    if staging:
+      shutil.rmtree(staging, ignore_errors=True)
+    raise
+  if tmp != dst:
+    tmp.rename(dst)
+  return os.fspath(dst)
+
+
+def _first_missing(path: str) -> str:
+  path = os.path.abspath(path)
+  while not os.path.exists(os.path.dirname(path)):
+    path = os.path.dirname(path)
+  return path
+
+
+def _convert_all(b, src_dir, tmp, staging, workers, dataset, dst, out_dir, log) -> None:
   jobs, expected = [], {}
   for split, info in b.info.splits.items():
     paths = [os.fspath(p) for p in info.filepaths]
@@ -194,7 +219,7 @@ def convert(dataset: str, data_dir: str, out_dir: str, *, workers: int = 8,
   for split, n in counts.items():
     if n != expected[split]:
       raise UserError(f"split {split!r}: read {n} records, dataset_info.json says {expected[split]}; "
-                      f"the TFRecord files in {src_dir} are incomplete (partial output left in {tmp})")
+                      f"the TFRecord files in {src_dir} are incomplete")
   if staging:
     os.rmdir(staging)
   info_json = None
@@ -207,14 +232,11 @@ def convert(dataset: str, data_dir: str, out_dir: str, *, workers: int = 8,
       (tmp / p.name).write_bytes(p.read_bytes())
   info_json["fileFormat"] = "array_record"
   (tmp / "dataset_info.json").write_text(json.dumps(info_json, indent=2))
-  if tmp != dst:
-    tmp.rename(dst)
   log(f"done: {sum(counts.values()):,} records in {time.time() - start:.1f}s; use data_dir={out_dir}")
-  return os.fspath(dst)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  from lazy_neuron import checks, cli, flags
+  from lazy_neuron import checks, cli, flags, outpaths
 
   argv = list(sys.argv if argv is None else argv)
   p = flags.parser(cli.prog_name(argv, "lazy-neuron convert"), __doc__.split("\n\n")[0])
@@ -225,6 +247,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     args, _ = flags.parse(p, argv[1:])
     checks.integer("--workers", args.workers, min=1)
+    checks.string("--dataset", args.dataset)
+    checks.string("--data_dir", args.data_dir)
+    outpaths.folder("--out_dir", args.out_dir)  # before the dataset is read or anything written
     convert(args.dataset, args.data_dir, args.out_dir, workers=args.workers)
   except UserError as e:
     return errors.report(e)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import sys
 import time
 from typing import Iterable, Sequence
@@ -115,7 +116,7 @@ def _training_lines(texts: Iterable[str], max_bytes: int | None, max_line: int =
 
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, *, model_type: str = "bpe",
-                        max_bytes: int | None = 4_000_000) -> bytes:
+                        max_bytes: int | None = 4_000_000, name: str = "--vocab-size") -> bytes:
   """Trains a sentencepiece model (T5 ids: pad 0, eos 1, unk 2, no bos); returns the serialised model."""
   import sentencepiece as spm
 
@@ -131,8 +132,13 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, *, model_type: st
         shuffle_input_sentence=False, input_sentence_size=0, num_threads=os.cpu_count() or 1,
         minloglevel=2)
   except RuntimeError as e:
+    text = str(e).splitlines()[-1] if str(e) else repr(e)
+    m = re.search(r"smaller than required_chars\. \d+ vs (\d+)", text)
+    if m:  # the one failure users cause: fewer pieces than the corpus has characters
+      raise UserError(f"{name}={vocab_size} is not valid; this corpus has {m.group(1)} "
+                      f"distinct characters and special pieces; use at least {m.group(1)}") from None
     raise UserError(f"sentencepiece training failed for vocab size {vocab_size}: "
-                    f"{str(e).splitlines()[-1] if str(e) else e}") from e
+                    f"{text.rpartition('] ')[2]}") from None
   return model.getvalue()
 
 
@@ -173,7 +179,8 @@ def get(cfg):
       def build(tmp):
         corpus = docstrings.load(cfg)
         proto = train_sentencepiece(corpus["train"], spm_pieces(cfg), model_type=cfg["spm_model_type"],
-                                    max_bytes=cfg["spm_train_bytes"])
+                                    max_bytes=cfg["spm_train_bytes"],
+                                    name="data.vocab_size - data.num_sentinels")
         with open(tmp, "wb") as f:
           f.write(proto)
       cache.cached(path, build)
@@ -186,7 +193,7 @@ def get(cfg):
 
 # --- command line -------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-  from lazy_neuron import checks, cli, flags
+  from lazy_neuron import checks, cli, flags, outpaths
   from lazy_neuron.data import docstrings
 
   argv = list(sys.argv if argv is None else argv)
@@ -197,14 +204,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="comma-separated text files or glob patterns, or 'stdlib' (Python docstrings)")
   parser.add_argument("--vocab_size", "--vocab-size", type=int, required=True,
                       help="number of pieces in the model (sentinels are added on top at run time)")
-  parser.add_argument("--out", required=True, help="output .model path")
+  parser.add_argument("--out", required=True,
+                      help="output .model path (never overwritten: runs may use the model there)")
   parser.add_argument("--model_type", "--model-type", default="bpe", choices=["bpe", "unigram"])
   parser.add_argument("--max_bytes", "--max-bytes", type=int, default=4_000_000,
                       help="train on at most this many bytes of text lines")
   try:
     args, _ = flags.parse(parser, argv[1:])
-    checks.integer("--vocab-size", args.vocab_size, min=4)
+    # sentencepiece stores the vocabulary size as an int32.
+    checks.integer("--vocab-size", args.vocab_size, min=4, max=2**31 - 1)
     checks.integer("--max-bytes", args.max_bytes, min=1)
+    checks.string("--corpus", args.corpus)
+    outpaths.file("--out", args.out, overwrite=False,
+                  why=" (runs that use the model there would see another vocabulary)")
     start = time.time()
     if args.corpus.strip() == "stdlib":
       cfg = {"corpus_files": None, "stdlib_path": None, "max_corpus_bytes": None, "eval_fraction": 0.0,
@@ -213,16 +225,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
       texts = []
       for f in docstrings.corpus_files(args.corpus, "--corpus"):
-        with open(f, encoding="utf-8", errors="replace") as fh:
-          texts.append(fh.read())
+        try:  # bytes that are not UTF-8 become U+FFFD, as in every text reader of the project
+          with open(f, encoding="utf-8", errors="replace") as fh:
+            texts.append(fh.read())
+        except OSError as e:
+          raise checks.fail("--corpus", args.corpus, f"{f} cannot be read ({e.strerror}); give "
+                                                      "readable text files") from None
     proto = train_sentencepiece(texts, args.vocab_size, model_type=args.model_type, max_bytes=args.max_bytes)
+    import sentencepiece as spm
+
+    size = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
+    if size < args.vocab_size:  # hard_vocab_limit=False: sentencepiece stops where the corpus ends
+      raise checks.fail("--vocab-size", args.vocab_size,
+                        f"this corpus yields only {size} pieces; use at most {size}, or a larger "
+                        "--corpus / --max-bytes")
     out = os.path.abspath(os.path.expanduser(args.out))
     fileio.write_atomic(out, proto)
   except UserError as e:
     return errors.report(e)
-  import sentencepiece as spm
-
-  size = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
   print(f"wrote {out}: {size} pieces ({args.model_type}) in {time.time() - start:.1f}s")
   return 0
 
