@@ -178,6 +178,7 @@ def environment() -> dict:
           "versions": {"python": platform.python_version(), "jax": jax.__version__,
                        "jaxlib": jaxlib.__version__, "flax": flax.__version__,
                        "optax": optax.__version__, "numpy": np.__version__},
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "git": git_commit()}
 
 
