@@ -134,11 +134,19 @@ def _mlp_residual(layer: Configured, x, token_mask, deterministic: bool):
   return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
+def _layer_input(x):
+  # Scanned, x is the loop carry: constraining it where the layer starts (as where it ends) pins
+  # the layout of its gradient in the backward loop too, which the partitioner otherwise lays out
+  # like the fsdp-sharded weights and reshards in every iteration.
+  return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
 # A layer returns (x, None): the (carry, output) pair that nn.scan wants of a scanned layer.
 class EncoderLayer(Configured):
 
   @nn.compact
   def __call__(self, x, mask, bias, token_mask, deterministic):
+    x = _layer_input(x)
     attend = _attention(self, "attention")
     x = _residual(self, x, "pre_attention_norm",
                   lambda y: attend(y, y, mask=mask, bias=bias, deterministic=deterministic),
@@ -150,6 +158,7 @@ class DecoderLayer(Configured):
 
   @nn.compact
   def __call__(self, x, enc, self_mask, cross_mask, bias, token_mask, deterministic):
+    x = _layer_input(x)
     attend_self = _attention(self, "self_attention")
     attend_enc = _attention(self, "cross_attention")
     x = _residual(self, x, "pre_self_attention_norm",
