@@ -246,3 +246,18 @@ def test_bad_scan_layers_is_a_one_line_error(name, value, message):
   with pytest.raises(UserError) as e:
     build_model(_cfg(name, scan_layers=value), info)
   assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_a_whole_train_state_converts_between_layouts():
+  """What a restore of a checkpoint of the other layout needs: the (AdamW) train state of one
+  layout -> the other's tree and shapes, both ways, also abstractly (under jax.eval_shape)."""
+  states = {}
+  for scan in (False, True):
+    config = config_lib.load_config(T5_LOCAL, [f"config.model.scan_layers={scan}"])
+    assert config.optimizer.name == "adamw"
+    states[scan] = steps_lib.build_setup(config, jax.devices()[:1]).abstract_state
+  for scan, convert in ((True, stack_layers), (False, unstack_layers)):
+    got = jax.eval_shape(lambda t, f=convert: f(t, "t5"), states[not scan])
+    want = states[scan]
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    assert [x.shape for x in jax.tree.leaves(got)] == [x.shape for x in jax.tree.leaves(want)]
