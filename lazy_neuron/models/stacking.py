@@ -62,8 +62,9 @@ def layer_stack(layer_cls: type, *, length: int, remat: bool, deterministic_argn
 
   Every argument after x is the same for every layer (masks, the stack's position bias, the
   encoder output, `deterministic`): broadcast, not sliced. Parameters and sparsity statistics get a
-  leading layer axis; each layer draws its own init and dropout keys. With `remat`, each layer is
-  rematerialised as in the unrolled stack (`deterministic_argnum` counts `self` as 0).
+  leading layer axis; each layer draws its own init and dropout keys. `num_broadcast` counts the
+  arguments after x, `deterministic` included. With `remat`, each layer is rematerialised as in the
+  unrolled stack (`deterministic_argnum` counts `self` as 0).
   """
   body = layer_cls
   if remat:
