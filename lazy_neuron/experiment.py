@@ -33,7 +33,10 @@ def base_config(*, model: dict, data: ml_collections.ConfigDict, optimizer: dict
   c.skip_nonfinite_updates = False
   c.model = ml_collections.ConfigDict(dict(
       name="t5", variant="tiny", activation="relu", activation_threshold=0.0,
-      topk=_placeholder(int), topk_backend="auto", dtype="float32", dropout_rate=0.0, remat=False))
+      topk=_placeholder(int), topk_backend="auto", dtype="float32", dropout_rate=0.0, remat=False,
+      # None = auto: scan every variant but tiny (models/stacking.py). Untyped, so that a bad value
+      # reaches the model's check and its one-line message.
+      scan_layers=None))
   for key, value in model.items():
     c.model[key] = value
   c.data = data

@@ -6,7 +6,8 @@ config.mesh: [(axis name, size), ...], one size may be -1 (= the remaining devic
   [("data", -1), ("model", 4)]                  data + tensor parallel
 config.sharding_rules: the name of a rule set in RULE_SETS, or an explicit list of
   (logical axis, mesh axis | [mesh axes] | None) pairs. Logical axes: batch, length, embed, mlp,
-  heads, kv, vocab, classes, relpos_buckets.
+  heads, kv, vocab, classes, relpos_buckets, layers (the leading axis of a scanned stack's
+  parameters, `model.scan_layers`).
 
 At start the trainer checks the plan (`check_plan`: one-line UserErrors for clashing rules,
 dimensions the mesh does not divide, large parameters left replicated against the rules), prints
@@ -26,7 +27,7 @@ from lazy_neuron import checks
 from lazy_neuron.errors import UserError
 
 LOGICAL_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab", "classes",
-                "relpos_buckets")
+                "relpos_buckets", "layers")
 
 # Mesh axes named in a rule but absent from the mesh (or of size 1) are dropped, so one rule set
 # serves meshes with or without an fsdp / model axis. Rules apply in order; a mesh axis already used
@@ -34,17 +35,19 @@ LOGICAL_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab", "clas
 # [batch, length, embed] keep batch on (data, fsdp) while parameters put embed on fsdp.
 # Never sharded by these sets: kv (head_dim: sharding it would split every attention dot product;
 # heads are the tensor-parallel axis), length (no sequence parallelism), classes and
-# relpos_buckets (small), the conv stem's patch dimensions (logical None).
+# relpos_buckets (small), the conv stem's patch dimensions (logical None), and layers: a scanned
+# stack slices its parameters along it layer by layer, so every device needs every layer's slice
+# (sharding it would be pipeline parallelism, which nn.scan does not do).
 RULE_SETS: dict[str, list[tuple[str, Any]]] = {
     # Parameters replicated; the batch split over every data-like axis.
-    "data_parallel": [("batch", ("data", "fsdp"))],
+    "data_parallel": [("batch", ("data", "fsdp")), ("layers", None)],
     # ZeRO-3 style: every parameter with an embed dimension (all matrices, embeddings, the ViT/Mixer
     # stem, norms) sharded along it over fsdp; the batch over data and fsdp.
-    "fsdp": [("batch", ("data", "fsdp")), ("embed", "fsdp")],
+    "fsdp": [("batch", ("data", "fsdp")), ("embed", "fsdp"), ("layers", None)],
     # Megatron-style tensor parallel on the model axis (MLP hidden, attention heads, vocabulary),
     # plus embed over fsdp where the mesh has an fsdp axis.
     "tensor_parallel": [("batch", ("data", "fsdp")), ("mlp", "model"), ("heads", "model"),
-                        ("vocab", "model"), ("embed", "fsdp")],
+                        ("vocab", "model"), ("embed", "fsdp"), ("layers", None)],
 }
 
 

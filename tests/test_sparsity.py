@@ -241,3 +241,27 @@ def test_topk_models_report_at_most_k_over_d_nonzero(name, info):
     assert 0 < s.nonzero_frac <= k / s.d_ff + 1e-12, (layer, s.nonzero_frac)
     # ReLU then top-k: exactly k per token wherever a token has >= k positive pre-activations.
     assert s.fire.sum() <= k * s.tokens
+
+
+def test_scanned_stacks_are_unstacked_into_the_unrolled_layer_names(tmp_path):
+  """A scanned stack sows under `layers` with a leading layer axis; the host reads it as the
+  unrolled names, and the firing npz has the same layout."""
+  rng = np.random.default_rng(0)
+  fire = rng.integers(0, 50, (3, 8)).astype(np.int32)  # 3 layers, d_ff 8
+  tokens = np.array([50, 50, 50], np.int32)
+  one = lambda i: {"fire": fire[i], "tokens": tokens[i], "nonzero": np.float32(fire[i].sum())}
+  unrolled = {"encoder": {f"layer_{i:02d}": {"mlp": one(i)} for i in range(3)},
+              "mixer": {f"token_{i:02d}": one(i) for i in range(3)}}
+  stacked = {"fire": fire, "tokens": tokens, "nonzero": fire.sum(axis=1).astype(np.float32)}
+  scanned = {"encoder": {"layers": {"mlp": stacked}}, "mixer": {"layers": {"token": stacked}}}
+  want, got = sparsity.flatten_stats(unrolled), sparsity.flatten_stats(scanned)
+  assert list(got) == list(want) == ["encoder/layer_00", "encoder/layer_01", "encoder/layer_02",
+                                     "mixer/token_00", "mixer/token_01", "mixer/token_02"]
+  for layer in want:
+    np.testing.assert_array_equal(got[layer].fire, want[layer].fire)
+    assert got[layer].tokens == want[layer].tokens and got[layer].fire.dtype == np.int64
+  a = sparsity.load_npz(sparsity.save_npz(str(tmp_path / "a"), 1, want))
+  b = sparsity.load_npz(sparsity.save_npz(str(tmp_path / "b"), 1, got))
+  assert list(a) == list(b)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])

@@ -16,8 +16,11 @@ from lazy_neuron.models import mixer, t5, two_layer, vit
 from lazy_neuron.models.activations import ACTIVATIONS
 from lazy_neuron.models.common import MlpSettings, get_dtype, model_config
 from lazy_neuron.models.mlp import SPARSITY, MlpBlock
+from lazy_neuron.models.stacking import (LAYERS, resolve_scan_layers, stack_layers, to_layout,
+                                         unstack_layers)
 
-__all__ = ["MODELS", "Model", "build_model", "dummy_batch", "mlp_dims", "SPARSITY", "MlpBlock"]
+__all__ = ["MODELS", "Model", "build_model", "dummy_batch", "mlp_dims", "SPARSITY", "MlpBlock",
+           "LAYERS", "stack_layers", "unstack_layers", "to_layout"]
 
 # name -> (variant table of typed settings, task, module class)
 MODELS: dict[str, tuple[dict, str, type]] = {
@@ -39,7 +42,8 @@ class Model:
   name: str
   task: str              # "seq2seq" | "classification"
   module: nn.Module
-  sizes: dict[str, Any]  # the resolved typed settings, as a dict (sizes, dropout_rate, remat, ...)
+  # The resolved typed settings, as a dict (sizes, dropout_rate, remat, scan_layers: a bool here).
+  sizes: dict[str, Any]
   input_keys: tuple[str, ...]
 
   def inputs(self, batch: dict) -> dict:
@@ -71,6 +75,8 @@ def build_model(model_cfg, data_info, measure: bool = True) -> Model:
   if task != data_info.task.replace("span_corruption", "seq2seq"):
     raise UserError(f"model.name={name!r} needs {task} data, but data.name gives {data_info.task}")
   cfg = model_config(table, dict(model_cfg), name, COMMON_KEYS)
+  cfg = dataclasses.replace(cfg, scan_layers=resolve_scan_layers(cfg.scan_layers, name,
+                                                                 model_cfg.get("variant")))
   settings = _settings(model_cfg, measure)
   dtype = get_dtype(model_cfg.get("dtype", "float32"))
   if settings.topk is not None:

@@ -36,6 +36,8 @@ class ModelConfig:
   """
   dropout_rate: float = 0.0
   remat: bool = False  # rematerialise each layer in the backward pass (memory for compute)
+  # Compile one layer and scan it (models/stacking.py); None = auto (every variant but tiny).
+  scan_layers: Optional[bool] = None
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
@@ -47,6 +49,7 @@ class ModelConfig:
         checks.boolean(name, value)
       elif kind == "float":
         checks.number(name, value)
+    check_scan_layers(self.scan_layers)
     if not 0.0 <= self.dropout_rate < 1.0:  # rate 1 drops everything: nothing could be learned
       raise checks.fail("model.dropout_rate", self.dropout_rate, "use a number >= 0 and < 1")
 
@@ -54,6 +57,13 @@ class ModelConfig:
   def mlp_dims(self) -> tuple[int, ...]:
     """d_ff of every kind of MLP block in the model."""
     return (self.mlp_dim,)
+
+
+def check_scan_layers(value: Any) -> Optional[bool]:
+  if value is not None and not isinstance(value, bool):
+    raise checks.fail("model.scan_layers", value,
+                      "use true, false or None (auto: true for every variant but tiny)")
+  return value
 
 
 def variant_table(config_cls: type, columns: tuple[str, ...],

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from lazy_neuron.models.common import (Configured, ModelConfig, classifier_head, layer_norm,
                                        patch_embed, variant_table)
 from lazy_neuron.models.mlp import MlpBlock
+from lazy_neuron.models.stacking import LAYERS, layer_stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +48,16 @@ class Mixer(Configured):
     return classifier_head(jnp.mean(x, axis=1), self.num_classes, self.dtype)
 
 
-def _mixer_block(stack: "MixerStack", x, i: int, example_mask, deterministic):
-  """Token mixing then channel mixing, each a pre-norm residual MLP. A function of the stack (not a
-  submodule) so that its parameters stay at mixer/token_NN and mixer/channel_NN under remat."""
-  c = stack.cfg
+def _mixer_block(parent: Configured, x, example_mask, deterministic, index: str):
+  """Token mixing then channel mixing, each a pre-norm residual MLP, as modules of `parent` named
+  token{index}, token{index}_norm, channel{index}, channel{index}_norm. A function of the stack
+  (not a submodule) so that unrolled, its parameters stay at mixer/token_NN and mixer/channel_NN
+  (index `_NN`), under remat too; scanned, `parent` is the scanned MixerBlock (index '')."""
+  c = parent.cfg
 
   def mlp(d_ff, name, embed_axis, hidden_axes):
-    return MlpBlock(stack.mlp, d_ff=d_ff, use_bias=True, dropout_rate=c.dropout_rate,
-                    dtype=stack.dtype, embed_axis=embed_axis, hidden_axes=hidden_axes,
+    return MlpBlock(parent.mlp, d_ff=d_ff, use_bias=True, dropout_rate=c.dropout_rate,
+                    dtype=parent.dtype, embed_axis=embed_axis, hidden_axes=hidden_axes,
                     kernel_init=nn.initializers.xavier_uniform(), name=name)
 
   def residual(x, y):
@@ -62,23 +65,38 @@ def _mixer_block(stack: "MixerStack", x, i: int, example_mask, deterministic):
 
   # Token mixing: the MLP runs across patches, once per channel: rows are (example, channel).
   rows_mask = None if example_mask is None else example_mask[:, None]
-  y = jnp.swapaxes(layer_norm(f"token_{i:02d}_norm", stack.dtype, jnp.float32)(x), 1, 2)
-  y = mlp(c.tokens_mlp_dim, f"token_{i:02d}", "length", ("batch", "embed", "mlp"))(
+  y = jnp.swapaxes(layer_norm(f"token{index}_norm", parent.dtype, jnp.float32)(x), 1, 2)
+  y = mlp(c.tokens_mlp_dim, f"token{index}", "length", ("batch", "embed", "mlp"))(
       y, rows_mask, deterministic=deterministic)
   x = residual(x, jnp.swapaxes(y, 1, 2))
-  y = layer_norm(f"channel_{i:02d}_norm", stack.dtype, jnp.float32)(x)
-  y = mlp(c.channels_mlp_dim, f"channel_{i:02d}", "embed", ("batch", "length", "mlp"))(
+  y = layer_norm(f"channel{index}_norm", parent.dtype, jnp.float32)(x)
+  y = mlp(c.channels_mlp_dim, f"channel{index}", "embed", ("batch", "length", "mlp"))(
       y, rows_mask, deterministic=deterministic)
   return nn.with_logical_constraint(residual(x, y), ("batch", "length", "embed"))
+
+
+class MixerBlock(Configured):
+  """One block as a module, for nn.scan: its children are token, token_norm, channel and
+  channel_norm (stacked under mixer/layers); returns (x, None), the pair nn.scan wants."""
+
+  @nn.compact
+  def __call__(self, x, example_mask, deterministic):
+    return _mixer_block(self, x, example_mask, deterministic, ""), None
 
 
 class MixerStack(Configured):
 
   @nn.compact
   def __call__(self, x, example_mask, deterministic):
-    block = _mixer_block
-    if self.cfg.remat:  # the stack is argument 0; the layer index and `deterministic` are static
-      block = nn.remat(_mixer_block, static_argnums=(2, 4))
-    for i in range(self.cfg.depth):
-      x = block(self, x, i, example_mask, deterministic)
+    c = self.cfg
+    if c.scan_layers:  # `self` counts as argument 0: deterministic is argument 3
+      stack = layer_stack(MixerBlock, length=c.depth, remat=c.remat, deterministic_argnum=3,
+                          num_broadcast=2)
+      x, _ = stack(c, self.mlp, self.dtype, name=LAYERS)(x, example_mask, deterministic)
+    else:
+      block = _mixer_block
+      if c.remat:  # the stack is argument 0; `deterministic` and the layer's index are static
+        block = nn.remat(_mixer_block, static_argnums=(3, 4))
+      for i in range(c.depth):
+        x = block(self, x, example_mask, deterministic, f"_{i:02d}")
     return layer_norm("pre_head_norm", self.dtype, jnp.float32)(x)

@@ -15,6 +15,7 @@ import numpy as np
 from lazy_neuron.models.common import (Configured, ModelConfig, MultiHeadAttention, rms_norm,
                                        variant_table)
 from lazy_neuron.models.mlp import MlpBlock
+from lazy_neuron.models.stacking import LAYERS, layer_stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,21 +134,31 @@ def _mlp_residual(layer: Configured, x, token_mask, deterministic: bool):
   return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
+def _layer_input(x):
+  # Scanned, x is the loop carry: constraining it where the layer starts (as where it ends) pins
+  # the layout of its gradient in the backward loop too, which the partitioner otherwise lays out
+  # like the fsdp-sharded weights and reshards in every iteration.
+  return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+# A layer returns (x, None): the (carry, output) pair that nn.scan wants of a scanned layer.
 class EncoderLayer(Configured):
 
   @nn.compact
   def __call__(self, x, mask, bias, token_mask, deterministic):
+    x = _layer_input(x)
     attend = _attention(self, "attention")
     x = _residual(self, x, "pre_attention_norm",
                   lambda y: attend(y, y, mask=mask, bias=bias, deterministic=deterministic),
                   deterministic)
-    return _mlp_residual(self, x, token_mask, deterministic)
+    return _mlp_residual(self, x, token_mask, deterministic), None
 
 
 class DecoderLayer(Configured):
 
   @nn.compact
   def __call__(self, x, enc, self_mask, cross_mask, bias, token_mask, deterministic):
+    x = _layer_input(x)
     attend_self = _attention(self, "self_attention")
     attend_enc = _attention(self, "cross_attention")
     x = _residual(self, x, "pre_self_attention_norm",
@@ -156,11 +167,13 @@ class DecoderLayer(Configured):
     x = _residual(self, x, "pre_cross_attention_norm",
                   lambda y: attend_enc(y, enc, mask=cross_mask, deterministic=deterministic),
                   deterministic)
-    return _mlp_residual(self, x, token_mask, deterministic)
+    return _mlp_residual(self, x, token_mask, deterministic), None
 
 
 class Stack(Configured):
-  """A stack of layers named layer_00, layer_01, ... (these names are the metric layer names)."""
+  """A stack of layers named layer_00, layer_01, ... (these names are the metric layer names), or,
+  with cfg.scan_layers, one scanned module `layers` whose parameters have a leading layer axis.
+  The relative position bias is the stack's, computed once and shared by its layers."""
   decoder: bool
 
   @nn.compact
@@ -176,16 +189,20 @@ class Stack(Configured):
       causal = jnp.tril(jnp.ones((length, length), bool))
       self_mask = self_mask & causal[None, None]
       cross_mask = valid[:, None, :, None] & enc_mask.astype(bool)[:, None, None, :]
+      layer_cls, args = DecoderLayer, (enc, self_mask, cross_mask, bias, token_mask, deterministic)
+    else:
+      layer_cls, args = EncoderLayer, (self_mask, bias, token_mask, deterministic)
     x = _dropout(x, c.dropout_rate, deterministic)
-    layer_cls = DecoderLayer if self.decoder else EncoderLayer
-    if c.remat:  # `self` counts as argument 0; `deterministic` is the last one
-      layer_cls = nn.remat(layer_cls, static_argnums=(7,) if self.decoder else (5,))
-    for i in range(n):
-      layer = layer_cls(c, self.mlp, self.dtype, name=f"layer_{i:02d}")
-      if self.decoder:
-        x = layer(x, enc, self_mask, cross_mask, bias, token_mask, deterministic)
-      else:
-        x = layer(x, self_mask, bias, token_mask, deterministic)
+    det_argnum = len(args) + 1  # `self` counts as argument 0, x as 1; `deterministic` is the last one
+    if c.scan_layers:
+      stack = layer_stack(layer_cls, length=n, remat=c.remat, deterministic_argnum=det_argnum,
+                          num_broadcast=len(args))
+      x, _ = stack(c, self.mlp, self.dtype, name=LAYERS)(x, *args)
+    else:
+      if c.remat:
+        layer_cls = nn.remat(layer_cls, static_argnums=(det_argnum,))
+      for i in range(n):
+        x, _ = layer_cls(c, self.mlp, self.dtype, name=f"layer_{i:02d}")(x, *args)
     x = rms_norm("final_norm", self.dtype)(x)
     return _dropout(x, c.dropout_rate, deterministic)
 

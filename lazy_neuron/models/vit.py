@@ -14,6 +14,7 @@ from lazy_neuron import checks
 from lazy_neuron.models.common import (Configured, ModelConfig, MultiHeadAttention,
                                        classifier_head, layer_norm, patch_embed, variant_table)
 from lazy_neuron.models.mlp import MlpBlock
+from lazy_neuron.models.stacking import LAYERS, layer_stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,7 @@ VARIANTS = variant_table(ViTConfig, ("width", "depth", "mlp_dim", "num_heads", "
 
 
 class EncoderBlock(Configured):
+  """One pre-norm block; returns (x, None), the (carry, output) pair nn.scan wants."""
 
   @nn.compact
   def __call__(self, x, token_mask, deterministic):
@@ -57,7 +59,7 @@ class EncoderBlock(Configured):
                  bias_init=nn.initializers.normal(1e-6), name="mlp")(
                      y, token_mask, deterministic=deterministic)
     x = x + nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
 
 
 class ViT(Configured):
@@ -88,13 +90,18 @@ class ViT(Configured):
 
 
 class Transformer(Configured):
-  """The block stack: layers named layer_00, ... (the metric names are vit/layer_NN)."""
+  """The block stack: layers named layer_00, ... (the metric names are vit/layer_NN), or, with
+  cfg.scan_layers, one scanned module `layers` whose parameters have a leading layer axis."""
 
   @nn.compact
   def __call__(self, x, token_mask, deterministic):
-    block = EncoderBlock
-    if self.cfg.remat:  # `self` counts as argument 0
-      block = nn.remat(block, static_argnums=(3,))
-    for i in range(self.cfg.depth):
-      x = block(self.cfg, self.mlp, self.dtype, name=f"layer_{i:02d}")(x, token_mask, deterministic)
+    c = self.cfg
+    if c.scan_layers:  # `self` counts as argument 0: deterministic is argument 3
+      stack = layer_stack(EncoderBlock, length=c.depth, remat=c.remat, deterministic_argnum=3,
+                          num_broadcast=2)
+      x, _ = stack(c, self.mlp, self.dtype, name=LAYERS)(x, token_mask, deterministic)
+    else:
+      block = nn.remat(EncoderBlock, static_argnums=(3,)) if c.remat else EncoderBlock
+      for i in range(c.depth):
+        x, _ = block(c, self.mlp, self.dtype, name=f"layer_{i:02d}")(x, token_mask, deterministic)
     return layer_norm("encoder_norm", self.dtype, jnp.float32)(x)

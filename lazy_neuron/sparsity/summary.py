@@ -5,6 +5,11 @@ MLP block's module path. The layer name of a block is its path with a trailing `
 `encoder/layer_00/mlp` -> `encoder/layer_00`, `mixer/token_03` -> `mixer/token_03`. These names are
 the `<layer>` of the metric names `sparsity/<split>/<layer>/nonzero_frac`; `short_layer` is their
 short form in the progress line and the report's figures (`enc0`, `dec11`, `tok3`, `L3`).
+
+A scanned stack (`model.scan_layers`) sows under one module named `layers` (`SCANNED`), each
+statistic with a leading layer axis; `flatten_stats` unstacks it into the unrolled names:
+`encoder/layers/mlp` [L, d_ff] -> `encoder/layer_00`, `encoder/layer_01`, ...; `mixer/layers/token`
+-> `mixer/token_00`, ... (`unrolled_layer_name`).
 """
 from __future__ import annotations
 
@@ -16,6 +21,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from lazy_neuron import fileio
+
+# The module name of a scanned layer stack (models/stacking.py): its statistics are stacked.
+SCANNED = "layers"
 
 # A neuron is "lazy" when it fires on fewer than this fraction of tokens (but is not dead).
 LAZY_FIRING_RATE = 0.01
@@ -54,10 +62,27 @@ class LayerStats:
     return float(np.mean((self.fire > 0) & (rate < LAZY_FIRING_RATE)))
 
 
+def unrolled_layer_name(scanned: str, index: int) -> str:
+  """The unrolled name of layer `index` of a module below a scanned stack's `layers`: '' (the
+  layer itself) -> `layer_03`; `token` -> `token_03`; `token_norm` -> `token_03_norm`."""
+  if not scanned:
+    return f"layer_{index:02d}"
+  kind, _, rest = scanned.partition("_")
+  return f"{kind}_{index:02d}" + (f"_{rest}" if rest else "")
+
+
 def _walk(tree: Mapping[str, Any], prefix: tuple[str, ...], out: dict[str, dict]) -> None:
   if "fire" in tree and "tokens" in tree:
     parts = prefix[:-1] if prefix and prefix[-1] == "mlp" else prefix
-    out["/".join(parts)] = tree
+    if SCANNED not in parts:
+      out["/".join(parts)] = tree
+      return
+    k = parts.index(SCANNED)
+    scope, rest = parts[:k], parts[k + 1:]
+    stacked = {key: _leaf(tree[key]) for key in ("fire", "tokens")}
+    for i in range(stacked["tokens"].shape[0]):  # the leading layer axis
+      name = scope + (unrolled_layer_name(rest[0] if rest else "", i),) + rest[1:]
+      out["/".join(name)] = {key: value[i] for key, value in stacked.items()}
     return
   for key in sorted(tree):
     value = tree[key]
