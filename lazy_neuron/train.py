@@ -131,7 +131,7 @@ def _out_of_memory(e: BaseException, what: str, key: str, value: int, devices: i
 # The run
 # ================================================================================================
 def train_and_evaluate(config, workdir: str, devices: Optional[Sequence[Any]] = None,
-                       stream=sys.stdout, stop_after: Optional[int] = None) -> dict[str, float]:
+                       stream=None, stop_after: Optional[int] = None) -> dict[str, float]:
   """Trains `config` into `workdir` (resuming from its latest checkpoint). Returns the last metrics.
 
   `stop_after=N` checkpoints and returns after step N, as a preempted run would (tests use it).
@@ -140,6 +140,7 @@ def train_and_evaluate(config, workdir: str, devices: Optional[Sequence[Any]] = 
   non-finite step (unless skip_nonfinite_updates) without saving anything after the last good
   checkpoint. What survives which failure: docs/fault_tolerance.md.
   """
+  stream = sys.stdout if stream is None else stream  # looked up now: tests capture sys.stdout
   setup = build_setup(config, devices)        # every check on user input happens in here
   check_workdir(workdir, config)
   with preemption.StopRequests() as stop_requests:
@@ -226,7 +227,7 @@ def _loop(config, workdir, setup, stream, stop_after, stop_requests, steps, ckpt
       writers[0].resume(start if resumed else -1, warn=warn)
       if held_stats is not None:
         sparsity.save_npz(workdir, 0, held_stats)
-    ckpt.open_for_writing(warn=warn or (lambda _: None))
+    ckpt.open_for_writing(warn=warn)
     committed = True
     for st, values in held_rows:
       for w in writers:
