@@ -214,9 +214,14 @@ def check_fits(step_dir: epath.Path, item: str, abstract: Any) -> None:
   not those of `abstract`. Metadata that cannot be read says nothing: the restore that follows
   decides whether the checkpoint is usable."""
   try:
-    with ocp.PyTreeCheckpointer() as reader:
-      meta = reader.metadata(step_dir / item)
-    meta = getattr(meta, "item_metadata", meta)
+    # The handler, not a Checkpointer: that one also reads the item's step metadata, which Orbax
+    # does not write per item, and logs a warning to stderr about it.
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      meta = handler.metadata(step_dir / item)
+    finally:
+      handler.close()
+    meta = getattr(meta, "tree", meta)
     stored = {_path_key(p): tuple(m.shape) for p, m in
               jax.tree_util.tree_flatten_with_path(meta)[0] if hasattr(m, "shape")}
   except Exception:  # noqa: BLE001 - unreadable metadata: leave the verdict to the restore
