@@ -13,12 +13,13 @@ from lazy_neuron.config_lib import parse_arg
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, runlocal=False, steps=600, topk=0, variant="tiny", image_size=16)
+  arg = parse_arg(arg, runlocal=False, steps=600, topk=0, variant="tiny", image_size=16,
+                  runlocal_defaults=dict(steps=4))
   c = experiment.base_config(
       model=experiment.model("mixer", variant=arg.variant, topk=arg.topk),
       data=data.get_data_config("digits", image_size=arg.image_size),
       optimizer=experiment.vision_optimizer(warmup_steps=50),
       total_steps=arg.steps, batch_size=64, checkpoint_every_steps=300)
   if arg.runlocal:
-    experiment.shrink_for_runlocal(c, steps=4, batch=16, depth=2)
+    experiment.shrink_for_runlocal(c, steps=arg.steps, batch=16, depth=2)
   return c

@@ -17,7 +17,8 @@ from lazy_neuron.config_lib import parse_arg
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, runlocal=False, steps=3000, lr=1e-2, width=2048, topk=0)
+  arg = parse_arg(arg, runlocal=False, steps=3000, lr=1e-2, width=2048, topk=0,
+                  runlocal_defaults=dict(steps=4, width=128))
   c = experiment.base_config(
       model=experiment.model("mlp", variant="base", topk=arg.topk, mlp_dim=arg.width),
       data=data.get_data_config("gaussian", dim=64, num_classes=10),
@@ -26,6 +27,6 @@ def get_config(arg=None):
       total_steps=arg.steps, batch_size=128, log_every_steps=100, eval_every_steps=500,
       checkpoint_every_steps=1000)
   if arg.runlocal:
-    experiment.shrink_for_runlocal(c, steps=4, batch=16, warmup=0, mlp_dim=128)
+    experiment.shrink_for_runlocal(c, steps=arg.steps, batch=16, warmup=0)
     c.data.eval_examples = 32
   return c

@@ -16,7 +16,8 @@ days on one GPU (a PyTorch reference step time is in docs/experiments.md). Expec
 (docs/paper.md): the MLP activation maps of T5-Base fall to 3.0% nonzero; `topk=K` is the
 Top-k T5; `random_inputs` (uniform random tokens) and `one_pass` are the data ablations.
 
-`runlocal` falls back to the offline docstrings corpus (bytes, 32-token inputs, 6 steps, seconds).
+`runlocal` falls back to the offline docstrings corpus (bytes, or `spm`'s model if given; 32-token
+inputs, 6 steps of batch 8 of a tiny T5, seconds); `steps`, `variant`, `batch` given with it win.
 
 Args: runlocal, spm=PATH, steps=N, variant=tiny|small|base|large|3b|11b, topk=K, random_inputs,
 one_pass, dataset=NAME[:VERSION], data_dir=DIR, batch=B.
@@ -27,22 +28,25 @@ from lazy_neuron.config_lib import parse_arg
 
 def get_config(arg=None):
   arg = parse_arg(arg, runlocal=False, spm="", steps=2**19, variant="base", topk=0,
-                  random_inputs=False, one_pass=False, dataset="c4/en:3.1.0", data_dir="", batch=128)
+                  random_inputs=False, one_pass=False, dataset="c4/en:3.1.0", data_dir="", batch=128,
+                  runlocal_defaults=dict(steps=6, variant="tiny", batch=8),
+                  runlocal_excludes=("dataset", "data_dir"))
   if arg.runlocal:
-    d = data.get_data_config("docstrings", tokenizer="bytes", inputs_length=32, eval_examples=16,
-                             max_corpus_bytes=2_000_000, random_inputs=arg.random_inputs,
+    d = data.get_data_config("docstrings", tokenizer=arg.spm or "bytes", inputs_length=32,
+                             eval_examples=16, max_corpus_bytes=2_000_000,
+                             random_inputs=arg.random_inputs,
                              one_pass=arg.one_pass)
   else:
     d = data.get_data_config("c4", dataset=arg.dataset, data_dir=arg.data_dir or None,
                              tokenizer=arg.spm or None, inputs_length=512, eval_examples=1024,
                              random_inputs=arg.random_inputs, one_pass=arg.one_pass, num_threads=8)
   c = experiment.base_config(
-      model=experiment.model("t5", variant="tiny" if arg.runlocal else arg.variant, topk=arg.topk),
+      model=experiment.model("t5", variant=arg.variant, topk=arg.topk),
       data=d,
       optimizer=dict(name="adafactor", learning_rate=1e-2, warmup_steps=10_000, schedule="rsqrt",
                      weight_decay=0.0, grad_clip_norm=1.0),
       total_steps=arg.steps, batch_size=arg.batch, log_every_steps=100, eval_every_steps=5000,
       checkpoint_every_steps=5000)
   if arg.runlocal:
-    experiment.shrink_for_runlocal(c, steps=6, batch=8, eval_every=3, warmup=2)
+    experiment.shrink_for_runlocal(c, steps=arg.steps, batch=arg.batch, eval_every=3, warmup=2)
   return c

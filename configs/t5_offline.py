@@ -22,7 +22,8 @@ from lazy_neuron.config_lib import parse_arg
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, runlocal=False, steps=1200, topk=0, tokenizer="bytes", variant="tiny")
+  arg = parse_arg(arg, runlocal=False, steps=1200, topk=0, tokenizer="bytes", variant="tiny",
+                  runlocal_defaults=dict(steps=6))
   layers = dict(num_decoder_layers=4) if arg.variant == "tiny" else {}
   c = experiment.base_config(
       model=experiment.model("t5", variant=arg.variant, topk=arg.topk, **layers),
@@ -33,7 +34,7 @@ def get_config(arg=None):
       checkpoint_every_steps=600)
   c.data.eval_examples = 256
   if arg.runlocal:
-    experiment.shrink_for_runlocal(c, steps=6, batch=8, eval_every=3, warmup=2)
+    experiment.shrink_for_runlocal(c, steps=arg.steps, batch=8, eval_every=3, warmup=2)
     c.data.inputs_length = 32
     c.data.eval_examples = 16
     c.data.max_corpus_bytes = 2_000_000

@@ -16,7 +16,8 @@ from lazy_neuron.config_lib import parse_arg
 
 def get_config(arg=None):
   arg = parse_arg(arg, runlocal=False, steps=600, topk=0, variant="tiny", image_size=16,
-                  pool="token")
+                  pool="token",
+                  runlocal_defaults=dict(steps=4))
   c = experiment.base_config(
       model=experiment.model("vit", variant=arg.variant, topk=arg.topk, pool=arg.pool,
                              head_bias_init=0.0),
@@ -24,5 +25,5 @@ def get_config(arg=None):
       optimizer=experiment.vision_optimizer(warmup_steps=50),
       total_steps=arg.steps, batch_size=64, checkpoint_every_steps=300)
   if arg.runlocal:
-    experiment.shrink_for_runlocal(c, steps=4, batch=16, depth=2, mlp_dim=256)
+    experiment.shrink_for_runlocal(c, steps=arg.steps, batch=16, depth=2, mlp_dim=256)
   return c

@@ -33,7 +33,9 @@ IMAGENET_TRAIN = 1_281_167
 def get_config(arg=None):
   arg = parse_arg(arg, runlocal=False, steps=0, variant="B/16", topk=0, label_noise=0.0,
                   random_labels=False, random_inputs=False, one_pass=False, dataset="imagenet2012",
-                  data_dir="", batch=1024, workers=-1, pool="token")
+                  data_dir="", batch=1024, workers=-1, pool="token",
+                  runlocal_defaults=dict(steps=4, variant="tiny", batch=16),
+                  runlocal_excludes=("dataset", "data_dir", "workers"))
   switches = dict(label_noise=arg.label_noise, random_labels=arg.random_labels,
                   random_inputs=arg.random_inputs, one_pass=arg.one_pass)
   if arg.runlocal:
@@ -44,14 +46,14 @@ def get_config(arg=None):
         train_split="train", eval_split="validation" if arg.dataset == "imagenet2012" else "test",
         augment="inception_crop", num_workers=arg.workers, num_threads=0 if arg.workers else 8,
         prefetch=max(4, 2 * arg.workers), image_dtype="uint8", **switches)
-  steps = arg.steps or (1 if arg.runlocal else 90 * IMAGENET_TRAIN // arg.batch)
+  steps = arg.steps if arg.runlocal else arg.steps or 90 * IMAGENET_TRAIN // arg.batch
   c = experiment.base_config(
-      model=experiment.model("vit", variant="tiny" if arg.runlocal else arg.variant,
+      model=experiment.model("vit", variant=arg.variant,
                              topk=arg.topk, pool=arg.pool, head_bias_init=0.0),
       data=d,
       optimizer=experiment.vision_optimizer(warmup_steps=10_000),
       total_steps=steps, batch_size=arg.batch, log_every_steps=100, eval_every_steps=5000,
       checkpoint_every_steps=2000)
   if arg.runlocal:
-    experiment.shrink_for_runlocal(c, steps=4, batch=16, depth=2, mlp_dim=256)
+    experiment.shrink_for_runlocal(c, steps=steps, batch=arg.batch, depth=2, mlp_dim=256)
   return c

@@ -11,14 +11,22 @@ Failure model (docs/fault_tolerance.md):
   ignored and removed at the next start (`cleanup_tmp_directories`; it is incomplete by definition).
 - A finalized step folder can still be unusable (truncated or overwritten files, a missing commit
   marker, garbage). `restore_latest` tries steps newest -> oldest and skips each unusable one with a
-  warning naming it. It never deletes one: the trainer moves an unusable step folder that is newer
-  than the step it resumes from to DIR/checkpoints.unusable/<step>[.N], where Orbax neither counts it
-  for retention (which would delete it) nor collides with it when the run saves that step again.
+  warning naming it. It never deletes one: once the resumed run has completed a step, the trainer
+  moves an unusable step folder that is newer than the step it resumed from to
+  DIR/checkpoints.unusable/<step>[.N] (`open_for_writing`), where Orbax neither counts it for
+  retention (which would delete it) nor collides with it when the run saves that step again.
+- A checkpoint whose array shapes (read from its metadata) do not fit the config is not unusable: it
+  belongs to another config. `restore_latest` raises a UserError naming the first parameter that
+  differs and both shapes, and nothing is skipped, moved or written.
+- Opening is read-only (no `checkpoints/` folder created, no tmp folder removed) until
+  `open_for_writing`, so a run that fails before its first step, and `lazy-neuron eval`, write
+  nothing.
 - Retention: the newest `max_to_keep` checkpoints, plus every step that is a multiple of
   `keep_period`, are kept; Orbax deletes the others after each save.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Callable, Optional
@@ -28,6 +36,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from lazy_neuron import distributed
+from lazy_neuron.errors import UserError
 
 # The Orbax step-level metadata file. Orbax writes it when a step is finalized (it carries
 # `commit_timestamp_nsecs`), so we treat it as the commit marker: a step folder without it (or with
@@ -38,18 +47,38 @@ UNUSABLE_DIR = "checkpoints.unusable"
 class Checkpointer:
 
   def __init__(self, workdir: str, every_steps: int, max_to_keep: Optional[int] = 3,
-               keep_period: Optional[int] = None, async_save: bool = True):
+               keep_period: Optional[int] = None, async_save: bool = True,
+               read_only: bool = False):
+    """`read_only`: create nothing and remove nothing (no `checkpoints/`, tmp folders left) until
+    `open_for_writing()`; `lazy-neuron eval` never calls it."""
     self.directory = epath.Path(workdir) / "checkpoints"
     self.max_to_keep, self.keep_period = max_to_keep, keep_period
+    self.unusable: list[int] = []  # steps `restore_latest` skipped
     self._options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(int(every_steps), 1), max_to_keep=max_to_keep,
         keep_period=keep_period, create=True, cleanup_tmp_directories=True,
         enable_async_checkpointing=async_save)
+    self.read_only = read_only
     self.manager = self._make_manager()
 
   def _make_manager(self):
-    return ocp.CheckpointManager(self.directory, options=self._options,
+    self._closed = False
+    # Not Orbax's own `read_only` option: it logs warnings to stderr on every open, which would
+    # break the one-line error of a command that fails after opening.
+    options = (dataclasses.replace(self._options, create=False, cleanup_tmp_directories=False)
+               if self.read_only else self._options)
+    return ocp.CheckpointManager(self.directory, options=options,
                                  item_names=("state", "data", "window"))
+
+  def open_for_writing(self, warn: Callable[[str], None] = print) -> None:
+    """From here on the run writes: moves the steps `restore_latest` skipped aside (process 0),
+    then reopens Orbax with `checkpoints/` created and stale tmp folders removed."""
+    if self.unusable:
+      self._move_aside(self.unusable, warn)
+      self.unusable = []
+    self.close()
+    self.read_only = False
+    self.manager = self._make_manager()
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -79,8 +108,11 @@ class Checkpointer:
     The window is None for a checkpoint written without one (before it was saved).
     """
     check_committed(self.step_dir(step))
-    items = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+    check_fits(self.step_dir(step), "state", abstract_state)
     has_window = abstract_window is not None and (self.step_dir(step) / "window").exists()
+    if has_window:
+      check_fits(self.step_dir(step), "window", abstract_window)
+    items = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
     if has_window:
       items["window"] = ocp.args.StandardRestore(abstract_window)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
@@ -93,14 +125,14 @@ class Checkpointer:
     return restored["state"], data_state, restored["window"] if has_window else None
 
   def restore_latest(self, abstract_state: Any, abstract_window: Any = None,
-                     warn: Callable[[str], None] = print, move_unusable: bool = False):
+                     warn: Callable[[str], None] = print):
     """Restores the newest usable checkpoint: (step, state, data_state, window) or None.
 
     Steps are tried newest -> oldest; an unusable one is reported through `warn` (naming its
-    folder and the reason) and skipped, never deleted. With `move_unusable` (the trainer, which is
-    about to write new checkpoints) the skipped ones are moved to DIR/checkpoints.unusable/ by
-    process 0; `lazy-neuron eval` only reads. In a multi-process run every process must succeed
-    for a step to count, so all of them resume from the same step.
+    folder and the reason) and skipped, never deleted; `self.unusable` lists them for
+    `open_for_writing` to move aside (`lazy-neuron eval` only reads). A checkpoint that does not
+    fit `abstract_state` raises CheckpointMismatch (a UserError). In a multi-process run every
+    process must succeed for a step to count, so all of them resume from the same step.
     """
     skipped = []
     result = None
@@ -108,6 +140,8 @@ class Checkpointer:
       error = None
       try:
         restored = self.restore(step, abstract_state, abstract_window)
+      except UserError:
+        raise  # a checkpoint of another config: not unusable, and not to be moved aside
       except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types for bad files
         error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
       if not _all_processes_ok(error is None):
@@ -118,8 +152,7 @@ class Checkpointer:
       skipped.append(step)
       warn(f"warning: checkpoint {os.fspath(self.step_dir(step))} is unusable ({error}); "
            f"skipping it (it is not deleted)")
-    if skipped and move_unusable:
-      self._move_aside(skipped, warn)
+    self.unusable = skipped
     if result is None and skipped:
       warn("warning: no usable checkpoint; starting from step 0")
     return result
@@ -136,17 +169,17 @@ class Checkpointer:
         try:
           self.step_dir(step).rename(target)
         except OSError as e:
-          from lazy_neuron.errors import UserError
           raise UserError(f"cannot move the unusable checkpoint {os.fspath(self.step_dir(step))} "
                           f"aside ({e}); move it out of {os.fspath(self.directory)} by hand") from e
         warn(f"warning: moved unusable checkpoint {os.fspath(self.step_dir(step))} to "
              f"{os.fspath(target)}")
     _sync_processes("lazy_neuron_move_unusable")
-    # Orbax caches the step list it found when it was created: rebuild it without those steps.
-    self.manager.close()
-    self.manager = self._make_manager()
 
   def close(self) -> None:
+    """Waits for in-flight saves and closes Orbax; a second call does nothing."""
+    if self._closed:
+      return
+    self._closed = True
     self.manager.wait_until_finished()
     self.manager.close()
 
@@ -162,6 +195,55 @@ def check_committed(step_dir: epath.Path) -> None:
     raise ValueError(f"unreadable commit marker {COMMIT_MARKER}") from e
   if not isinstance(meta, dict) or meta.get("commit_timestamp_nsecs", 1) is None:
     raise ValueError(f"commit marker {COMMIT_MARKER} has no commit time")
+
+
+class CheckpointMismatch(UserError):
+  """A readable checkpoint whose arrays do not fit the config (another model or optimizer)."""
+
+
+def _path_key(path) -> str:
+  # Orbax's metadata names tuple/namedtuple fields by index or name as dict keys: compare by names.
+  parts = []
+  for k in path:
+    parts.append(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))))
+  return "/".join(parts)
+
+
+def check_fits(step_dir: epath.Path, item: str, abstract: Any) -> None:
+  """Raises CheckpointMismatch when the array shapes stored in `step_dir/item` (its metadata) are
+  not those of `abstract`. Metadata that cannot be read says nothing: the restore that follows
+  decides whether the checkpoint is usable."""
+  try:
+    # The handler, not a Checkpointer: that one also reads the item's step metadata, which Orbax
+    # does not write per item, and logs a warning to stderr about it.
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      meta = handler.metadata(step_dir / item)
+    finally:
+      handler.close()
+    meta = getattr(meta, "tree", meta)
+    stored = {_path_key(p): tuple(m.shape) for p, m in
+              jax.tree_util.tree_flatten_with_path(meta)[0] if hasattr(m, "shape")}
+  except Exception:  # noqa: BLE001 - unreadable metadata: leave the verdict to the restore
+    return
+  if not stored:
+    return
+  wanted = {_path_key(p): tuple(a.shape)
+            for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+  where = f"checkpoint {os.fspath(step_dir)}"
+  hint = ("it was written by another config (model sizes, optimizer or sparsity settings); use "
+          "the config it was trained with, or a new --workdir")
+  for key in sorted(set(wanted) | set(stored), key=lambda k: (not k.startswith("params"), k)):
+    if key not in stored:
+      raise CheckpointMismatch(f"{where} does not fit the config: it has no {item} array {key!r} "
+                               f"(the config needs shape {wanted[key]}); {hint}")
+    if key not in wanted:
+      raise CheckpointMismatch(f"{where} does not fit the config: its {item} array {key!r} "
+                               f"(shape {stored[key]}) is not in the config's model; {hint}")
+    if stored[key] != wanted[key]:
+      raise CheckpointMismatch(f"{where} does not fit the config: {item} array {key!r} has shape "
+                               f"{stored[key]} in the checkpoint and {wanted[key]} in the config; "
+                               f"{hint}")
 
 
 def _all_processes_ok(ok: bool) -> bool:

@@ -60,14 +60,19 @@ def _convert(name: str, text: str, default: Any) -> Any:
   return value
 
 
-def parse_arg(arg: str | None, *, lazy: bool = False, **spec: Any) -> ml_collections.ConfigDict:
+def parse_arg(arg: str | None, *, lazy: bool = False, runlocal_defaults: dict | None = None,
+              runlocal_excludes: Sequence[str] = (), **spec: Any) -> ml_collections.ConfigDict:
   """`"a=1,b,c=x"` -> ConfigDict typed from the defaults in `spec`; a bare `b` means b=True.
 
-  Unknown names are an error unless `lazy` (then kept as strings).
+  Unknown names are an error unless `lazy` (then kept as strings). `runlocal_defaults`: the
+  defaults that replace those of `spec` when the `runlocal` arg is given; an arg given explicitly
+  always wins over them (`runlocal,steps=2` runs 2 steps). `runlocal_excludes`: args that
+  runlocal has no use for (it trains on offline data): giving one with runlocal is an error.
   """
   out = ml_collections.ConfigDict(dict(spec))
   if not arg:
     return out
+  given = set()
   for item in arg.split(","):
     item = item.strip()
     if not item:
@@ -81,6 +86,16 @@ def parse_arg(arg: str | None, *, lazy: bool = False, **spec: Any) -> ml_collect
       continue
     out[name] = _convert(f"arg {name}", value if sep else "", spec[name]) if (
         sep or isinstance(spec[name], bool)) else _missing_value(name)
+    given.add(name)
+  if runlocal_defaults and out.get("runlocal"):
+    for name, value in runlocal_defaults.items():
+      if name not in given:
+        out[name] = value
+  if out.get("runlocal"):
+    for name in runlocal_excludes:
+      if name in given:
+        raise UserError(f"config arg {name!r} cannot be combined with runlocal (runlocal trains "
+                        f"on offline data and would ignore it); drop one of them")
   return out
 
 
@@ -98,10 +113,23 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   module_name = "lazy_neuron_config_" + os.path.splitext(os.path.basename(path))[0]
   module_spec = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
+  # A config file is user input: an error in it is one line naming the file (and line), not a
+  # traceback through this loader. A UserError raised by the file (parse_arg) passes as it is.
+  try:
+    module_spec.loader.exec_module(module)
+  except UserError:
+    raise
+  except Exception as e:  # noqa: BLE001 - whatever the file's own code raises
+    raise UserError(f"config file {path!r} could not be loaded: {_describe(e, path)}") from None
+  if not callable(getattr(module, "get_config", None)):
     raise UserError(f"config file {path!r} has no get_config(arg=None) function")
-  config = module.get_config(arg or None)
+  try:
+    config = module.get_config(arg or None)
+  except UserError:
+    raise
+  except Exception as e:  # noqa: BLE001
+    raise UserError(f"config file {path!r}: get_config({(arg or None)!r}) failed: "
+                    f"{_describe(e, path)}") from None
   if not isinstance(config, ml_collections.ConfigDict):
     raise UserError(f"config file {path!r}: get_config must return an ml_collections.ConfigDict")
   missing = [k for k in REQUIRED_KEYS if k not in config]
@@ -109,6 +137,20 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     raise UserError(f"config file {path!r} lacks required keys: {', '.join(missing)}")
   config.lock()
   return config
+
+
+def _describe(e: BaseException, path: str) -> str:
+  """`SyntaxError: invalid syntax (line 3)`: the exception and, when known, the line in `path`."""
+  line = getattr(e, "lineno", None) if isinstance(e, SyntaxError) else None
+  if line is None:
+    tb = e.__traceback__
+    while tb is not None:
+      if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(path):
+        line = tb.tb_lineno
+      tb = tb.tb_next
+  text = (getattr(e, "msg", None) if isinstance(e, SyntaxError) else None) or str(e)
+  text = (text.strip().splitlines() or [""])[0][:200]
+  return f"{type(e).__name__}: {text}" + (f" (line {line})" if line else "")
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
@@ -154,6 +196,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks that need no devices and write nothing (model, data, optimizer, step counts)."""
   checks.integer("total_steps", config.total_steps, min=1, max=checks.MAX_STEPS)
   checks.integer("batch_size", config.batch_size, min=1)
+  checks.integer("eval_batch_size", config.get("eval_batch_size"), min=1, none_ok=True)
   checks.integer("log_every_steps", config.log_every_steps, min=1, max=checks.MAX_STEPS)
   for key in ("eval_every_steps", "checkpoint_every_steps"):
     checks.integer(key, config[key], min=0, max=checks.MAX_STEPS)

@@ -8,8 +8,9 @@ DIR/eval_<step>.json (and DIR/sparsity/step_<step>.npz); metrics.jsonl is left a
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import ml_collections
@@ -17,8 +18,9 @@ import numpy as np
 from clu import metrics as clu_metrics
 from etils import epath
 
-from lazy_neuron import checkpointing, config_lib, data, errors, flags, sparsity, steps as steps_lib
-from lazy_neuron import tasks
+from lazy_neuron import checkpointing, config_lib, data, errors, fileio, flags, sparsity
+from lazy_neuron import steps as steps_lib
+from lazy_neuron import tasks, workdir as workdir_lib
 from lazy_neuron.errors import UserError
 
 
@@ -43,6 +45,14 @@ def evaluate(steps: steps_lib.Steps, params, config, step: int,
              workdir: Optional[str]) -> dict[str, float]:
   """eval/* and sparsity/eval/* metrics of `params` on the whole eval split; with `workdir` (process
   0), the step's sparsity statistics are saved to DIR/sparsity/step_<step>.npz."""
+  result, stats = evaluate_with_stats(steps, params, config)
+  if stats is not None and workdir is not None and jax.process_index() == 0:
+    sparsity.save_npz(workdir, step, stats)
+  return result
+
+
+def evaluate_with_stats(steps: steps_lib.Steps, params, config) -> tuple[dict[str, float], Any]:
+  """`evaluate` without the save: (metrics, flattened sparsity statistics or None)."""
   s = steps.s
   eval_batch = config.get("eval_batch_size") or config.batch_size
   it = data.build(config.data, split="eval", batch_size=eval_batch, seed=config.seed,
@@ -55,7 +65,7 @@ def evaluate(steps: steps_lib.Steps, params, config, step: int,
         jax.block_until_ready(out)
       outs.append(out)
   if not outs:
-    return {}
+    return {}, None
   merged = [_batch_metrics(out) for out in jax.device_get(outs)]  # one sync, after the last batch
   total = merged[0]
   for m in merged[1:]:
@@ -64,45 +74,57 @@ def evaluate(steps: steps_lib.Steps, params, config, step: int,
             "eval/accuracy": float(total["accuracy"].compute())}
   if total["ece"]:
     result["eval/ece"] = tasks.ece(total["ece"])
+  stats = None
   if total["sparsity"]:
     stats = sparsity.flatten_stats(total["sparsity"])
     result.update(sparsity.metrics_from_stats(stats, "eval"))
-    if workdir is not None and jax.process_index() == 0:
-      sparsity.save_npz(workdir, step, stats)
-  return result
+  return result, stats
 
 
 def _config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
   path = epath.Path(workdir) / "config.json"
+  workdir_lib.check_paths(workdir, reads=("config.json",))
   if not path.exists():
     raise UserError(f"{workdir!r} has no config.json; pass --config=configs/<exp>.py or train first")
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  old = workdir_lib.read_config_json(path)
+  missing = [k for k in config_lib.REQUIRED_KEYS if k not in old]
+  if missing:
+    raise UserError(f"{os.fspath(path)!r} is not a lazy-neuron config (it lacks "
+                    f"{', '.join(missing)}); pass --config=configs/<exp>.py")
   # JSON turns tuples into lists; the mesh and rules accept both.
+  config = ml_collections.ConfigDict(old)
   config.lock()
   config_lib.validate_config(config)
   return config
 
 
 def run(config, workdir: str, stream=None) -> dict[str, float]:
+  """Evaluates the newest usable checkpoint of `workdir`; writes DIR/eval_<step>.json and
+  DIR/sparsity/step_<step>.npz, and nothing at all when it fails."""
   stream = sys.stdout if stream is None else stream  # looked up now: tests capture sys.stdout
+  # Where the results go is checked before the (long) evaluation, not after it.
+  workdir_lib.check_paths(workdir, dirs=("sparsity",), reads=("checkpoints/",))
   setup = steps_lib.build_setup(config)
-  ckpt = checkpointing.Checkpointer(workdir, every_steps=1)
-  if ckpt.latest_step() is None:
-    raise UserError(f"{workdir!r} has no checkpoint to evaluate; train first")
-  steps = steps_lib.Steps(setup)
-  abstract = checkpointing.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
-  with steps.context():
-    # The newest usable checkpoint; unusable ones are reported and left as they are (eval only
-    # reads the workdir).
-    restored = ckpt.restore_latest(abstract, warn=lambda m: print(m, file=stream, flush=True))
-  ckpt.close()
+  ckpt = checkpointing.Checkpointer(workdir, every_steps=1, read_only=True)
+  try:
+    if ckpt.latest_step() is None:
+      raise UserError(f"{workdir!r} has no checkpoint to evaluate; train first")
+    steps = steps_lib.Steps(setup)
+    abstract = checkpointing.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
+    with steps.context():
+      # The newest usable checkpoint; unusable ones are reported and left as they are (eval only
+      # reads the workdir).
+      restored = ckpt.restore_latest(abstract, warn=lambda m: print(m, file=stream, flush=True))
+  finally:
+    ckpt.close()  # also on an error: Orbax's threads would print their shutdown noise
   if restored is None:
     raise UserError(f"{workdir!r} has no usable checkpoint (see the warnings above); train again")
   step, state = restored[0], restored[1]
+  workdir_lib.check_paths(workdir, files=(f"eval_{step}.json", f"sparsity/step_{step}.npz"))
   results = evaluate(steps, state["params"], config, step, workdir)
   if jax.process_index() == 0:
-    (epath.Path(workdir) / f"eval_{step}.json").write_text(
-        json.dumps({"step": step, **results}, indent=1, sort_keys=True))
+    fileio.write_atomic(epath.Path(workdir) / f"eval_{step}.json",
+                        json.dumps({"step": step, **results}, indent=1, sort_keys=True))
     for key in sorted(results):
       print(f"{key:<48} {results[key]:.6g}", file=stream)
     print(f"evaluated checkpoint {step} of {workdir}", file=stream, flush=True)

@@ -76,7 +76,9 @@ def shrink_for_runlocal(c: ml_collections.ConfigDict, *, steps: int, batch: int,
                         eval_every: int | None = None, checkpoint_every: int | None = None,
                         warmup: int = 1, **model_keys) -> None:
   """`runlocal`: a few steps of a tiny batch that still log, evaluate and checkpoint on the way;
-  `model_keys` shrink the model too (e.g. depth=2)."""
+  `model_keys` shrink the model too (e.g. depth=2). Values the user can set by a config arg
+  (steps, a width) are passed in from the parsed args, whose `runlocal_defaults` (see
+  `config_lib.parse_arg`) give way to an explicit arg: runlocal never overrides what was asked."""
   c.total_steps = steps
   c.batch_size = c.eval_batch_size = batch
   c.log_every_steps = 2

@@ -20,42 +20,70 @@ from lazy_neuron.sparsity.summary import short_layer
 
 
 class JsonlWriter:
-  """Appends {"step": N, ...} lines to DIR/metrics.jsonl, flushing each write."""
+  """Writes {"step": N, ...} lines to DIR/metrics.jsonl, flushing each write.
+
+  A resumed run replays the steps after its checkpoint. Their old rows are not cut at start (the
+  run may still fail before it replays anything): `resume(step)` only reads the file, and an old
+  row for a step after `step` stays until the run writes a row for that same step, which replaces
+  it (in place, so the file stays in step order). Old rows at steps the run does not log again
+  (a changed log_every_steps) are kept. Lines that do not parse (a write torn by a kill, bytes that
+  are not UTF-8) are dropped, with a warning, at the first rewrite.
+  """
 
   def __init__(self, workdir: str):
     self.path = epath.Path(workdir) / "metrics.jsonl"
+    self._kept: list[str] = []                   # lines at or before the resumed step, as read
+    self._stale: list[tuple[int, str]] = []      # (step, line) after it, not yet replayed
+    self._new: list[tuple[int, str]] = []        # rows this run wrote while stale ones remain
+    self._rewrite = False
 
-  def truncate_after(self, step: int, warn=None) -> None:
-    """Drops lines with step > `step` (a resumed run replays those steps). Atomic.
-
-    A line that does not parse (a write torn by a kill) is dropped too, with a warning: the run
-    rewrites every step after the one it resumes from, so no complete row is lost.
-    """
+  def resume(self, step: int, warn=None) -> None:
+    """Reads the rows a run resuming after `step` (-1: from scratch) keeps or replays. Writes
+    nothing: the file changes at the first `write`."""
+    self._kept, self._stale, self._new = [], [], []
+    self._rewrite = False
     if not self.path.exists():
       return
-    keep = []
-    for number, line in enumerate(self.path.read_text().splitlines(), 1):
-      if not line.strip():
+    data = self.path.read_bytes()
+    # A last line without its newline would be glued to the next row appended: rewrite instead.
+    self._rewrite = bool(data) and not data.endswith(b"\n")
+    for number, raw in enumerate(data.split(b"\n"), 1):
+      if not raw.strip():
         continue
       try:
+        line = raw.decode("utf-8")
         row = json.loads(line)
-        row_step = int(row.get("step", 0))
-      except (ValueError, TypeError, AttributeError):
+        row_step = int(row["step"])
+      except (ValueError, TypeError, KeyError):  # UnicodeDecodeError is a ValueError
         if warn is not None:
           warn(f"warning: dropping unreadable line {number} of {os.fspath(self.path)}: "
-               f"{line[:60]!r}")
+               f"{raw[:60]!r}")
+        self._rewrite = True
         continue
       if row_step <= step:
-        keep.append(line)
-    fileio.write_atomic(self.path, "".join(line + "\n" for line in keep))
+        self._kept.append(line)
+      else:
+        self._stale.append((row_step, line))
+    self._rewrite = self._rewrite or bool(self._stale)
 
   def write(self, step: int, values: Mapping[str, Any]) -> None:
     row = {"step": int(step)}
     for k, v in values.items():
       v = float(v) if not isinstance(v, (str, bool)) else v
       row[k] = None if isinstance(v, float) and not math.isfinite(v) else v
-    with self.path.open("a") as f:
-      f.write(json.dumps(row) + "\n")
+    line = json.dumps(row)
+    if not self._rewrite:
+      with self.path.open("a") as f:
+        f.write(line + "\n")
+      return
+    # The old rows of this step are replaced by this one; the file is rewritten atomically until
+    # no old row after this step is left, then appended to again.
+    self._stale = [(s, l) for s, l in self._stale if s != step]
+    self._new.append((step, line))
+    rows = sorted(self._stale + self._new, key=lambda r: r[0])  # stable: new rows keep their order
+    fileio.write_atomic(self.path, "".join(l + "\n" for l in self._kept + [l for _, l in rows]))
+    if all(s < step for s, _ in self._stale):
+      self._kept, self._stale, self._new, self._rewrite = [], [], [], False
 
 
 class TensorBoardWriter:

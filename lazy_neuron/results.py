@@ -163,16 +163,18 @@ def _short_list(xs: Sequence[int], n: int = 8) -> str:
   return ", ".join(items if len(items) <= n else items[:3] + ["..."] + items[-3:])
 
 
-def _read_metrics(text: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _read_metrics(text: str | bytes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """metrics.jsonl -> columnar {name: (steps, values)}. Last line wins for a (step, name); lines
-  that don't parse are skipped, since a running trainer may be mid-write on the last one."""
+  that don't parse (or, given bytes, are not UTF-8) are skipped, since a running trainer may be
+  mid-write on the last one and a torn write can leave any bytes."""
   table: dict[str, dict[int, float]] = {}
   for line in text.splitlines():
     line = line.strip()
     if not line:
       continue
     try:
-      row = json.loads(line)
+      # UnicodeDecodeError is a ValueError too; not json.loads(bytes), which guesses UTF-16/32.
+      row = json.loads(line.decode("utf-8") if isinstance(line, bytes) else line)
       step = int(row["step"])
     except (ValueError, KeyError, TypeError):
       continue
@@ -197,7 +199,7 @@ def load_run(workdir: str | os.PathLike, name: str | None = None) -> Run:
   if not mfile.exists():
     raise UserError(f"{os.fspath(mfile)} not found; pass the --workdir of a `lazy-neuron train` "
                     "run that has logged at least one step")
-  metrics = _read_metrics(mfile.read_text())
+  metrics = _read_metrics(mfile.read_bytes())
   if not metrics:
     raise UserError(f"{os.fspath(mfile)} has no metrics yet; wait for the first logged step or "
                     "pass another workdir")

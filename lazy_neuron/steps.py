@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -19,7 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lazy_neuron import data, optim, partitioning, sparsity, tasks
+from lazy_neuron import checks, data, optim, partitioning, sparsity, tasks
 from lazy_neuron.errors import UserError
 from lazy_neuron.models import SPARSITY, Model, build_model, dummy_batch
 
@@ -71,6 +72,7 @@ def build_setup(config, devices: Optional[Sequence[Any]] = None, info: Any = Non
   data.check_steps(config.data, config.total_steps, config.batch_size, info)  # one_pass: never repeat
   # ------------------------------------------------------------------------- model and optimizer
   model = build_model(config.model, info, measure=config.sparsity.enabled)
+  _check_batch_fits(config, model, info, mesh, dp)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
   # ----------------------------------------------------------------------------------- shardings
   dummy = dummy_batch(model, info, 2)
@@ -88,6 +90,30 @@ def build_setup(config, devices: Optional[Sequence[Any]] = None, info: Any = Non
               "opt_state": opt_abstract}
   return Setup(config, mesh, rules, info, model, tx, schedule, state_sh, abstract,
                partitioning.batch_sharding(mesh, rules))
+
+
+def _check_batch_fits(config, model: Model, info, mesh, dp: int) -> None:
+  """A batch that cannot fit in this host's memory (each batch is built there), or in one device's
+  memory where the platform reports it, is a config error: one line now, instead of a pipeline or
+  an allocation that runs the machine out of memory after the run has started."""
+  per_example = sum(v.nbytes for v in dummy_batch(model, info, 1).values())
+  try:
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):  # not POSIX: nothing to compare with
+    host = None
+  stats = getattr(mesh.devices.flat[0], "memory_stats", lambda: None)() or {}
+  device = stats.get("bytes_limit")
+  gib = lambda n: f"{n / 2**30:.3g} GiB"
+  for key in ("batch_size", "eval_batch_size"):
+    size = config.get(key) or config.batch_size
+    need = size // jax.process_count() * per_example
+    if host and need > host:
+      raise checks.fail(key, size, f"one batch needs {gib(need)} of host memory and this machine "
+                                   f"has {gib(host)}; use a smaller {key}")
+    if device and size // dp * per_example > device:
+      raise checks.fail(key, size, f"its inputs alone need {gib(size // dp * per_example)} per "
+                                   f"device and a device has {gib(device)}; use a smaller {key} "
+                                   f"or more devices")
 
 
 def _init_params(model: Model, rng, dummy):
@@ -214,8 +240,9 @@ class Steps:
       yield self
 
   def _batch_abstract(self, batch_size: int) -> dict:
-    b = dummy_batch(self.s.model, self.s.info, batch_size)
-    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in b.items()}
+    # Shapes only: a batch of one, not of `batch_size` (which need not fit in host memory).
+    b = dummy_batch(self.s.model, self.s.info, 1)
+    return {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype) for k, v in b.items()}
 
   def abstract_window(self) -> Any:
     """The window's shapes, dtypes and (replicated) shardings: what a checkpoint restores into."""

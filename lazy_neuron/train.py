@@ -1,8 +1,9 @@
 """The trainer: `lazy-neuron train --config=configs/<exp>.py[:args] --workdir=DIR [--config.k=v]`.
 
 Read top to bottom: flags -> workdir -> the run (setup -> resume -> loop) -> entry point. Every
-check on user input (flags, config, mesh, data, workdir) runs before anything is written into the
-workdir.
+check on user input (flags, config, mesh, data, workdir paths, the checkpoint's fit) runs before
+anything is written into the workdir, and nothing is written until the first train step has
+completed: a run that fails before it leaves the workdir as it found it (docs/fault_tolerance.md).
 The jitted steps and their metric window live in steps.py, evaluation in evaluate.py, stop requests
 (SIGTERM/SIGINT) in preemption.py.
 """
@@ -20,7 +21,9 @@ from clu import parameter_overview
 from etils import epath
 
 from lazy_neuron import checkpointing, checks, config_lib, data, distributed, errors, evaluate
-from lazy_neuron import fileio, flags, metrics, partitioning, preemption, steps as steps_lib
+from lazy_neuron import fileio, flags, metrics, partitioning, preemption, sparsity
+from lazy_neuron import steps as steps_lib
+from lazy_neuron import workdir as workdir_lib
 from lazy_neuron.config_lib import load_config
 from lazy_neuron.errors import UserError
 from lazy_neuron.steps import Setup, TrainingDivergedError, build_setup
@@ -56,22 +59,19 @@ def parse_flags(argv: Sequence[str]):
 # Workdir
 # ================================================================================================
 def check_workdir(workdir: str, config) -> None:
-  """A workdir may be new, or hold a run of the same config (then the run resumes)."""
-  path = epath.Path(workdir)
-  if not workdir.startswith("gs://"):
-    probe = path
-    while not probe.exists() and probe.parent != probe:
-      probe = probe.parent
-    if probe.exists() and (not probe.is_dir() or not os.access(os.fspath(probe), os.W_OK)):
-      raise UserError(f"--workdir={workdir!r} is not writable ({os.fspath(probe)!r} is not a "
-                      f"writable directory); choose another --workdir")
-  previous = path / "config.json"
+  """A workdir may be new, or hold a run of the same config (then the run resumes). Every path the
+  run writes must be writable and of the right kind (a file where a file belongs, a folder where a
+  folder belongs). Reads only.
+
+  A workdir whose config.json is missing but which holds checkpoints resumes only from a checkpoint
+  that fits the config (checked on restore): config keys that change no array shape cannot be
+  compared then.
+  """
+  workdir_lib.check_paths(workdir, files=workdir_lib.TRAIN_FILES, dirs=workdir_lib.TRAIN_DIRS,
+                          create=True)
+  previous = epath.Path(workdir) / "config.json"
   if previous.exists():
-    try:
-      old = json.loads(previous.read_text())
-    except ValueError:
-      raise UserError(f"{os.fspath(previous)!r} is not valid JSON; move it away or use a new "
-                      f"--workdir") from None
+    old = workdir_lib.read_config_json(previous)
     new = json.loads(config_lib.to_json(config))
     diffs = [k for k in _diff_keys(old, new) if k.split(".")[0] not in RESUMABLE_KEYS]
     if diffs:
@@ -95,13 +95,11 @@ def _get(tree: Any, dotted: str) -> Any:
   return tree
 
 
-def _write_sharding_plan(setup: Setup, wd: epath.Path, stream, top: int = 20) -> None:
-  """Writes the whole plan to DIR/sharding_plan.txt and prints a summary line; on a mesh of more
-  than one device also the plan's `top` largest arrays per device and the totals."""
+def _print_sharding_plan(setup: Setup, wd: epath.Path, stream, top: int = 20) -> str:
+  """Prints a summary line; on a mesh of more than one device also the plan's `top` largest arrays
+  per device and the totals. Returns the whole plan, for DIR/sharding_plan.txt."""
   params = setup.abstract_state["params"]
   rows, total = partitioning.sharding_plan(params, setup.state_shardings["params"])
-  fileio.write_atomic(wd / "sharding_plan.txt",
-                      partitioning.format_plan(rows, total, setup.mesh, setup.rules) + "\n")
   print(f"{setup.model.name}/{setup.config.model.variant}: "
         f"{parameter_overview.count_parameters(params):,} parameters; mesh "
         f"{dict(setup.mesh.shape)}; {total / 2**20:.1f} MiB of parameters per device (plan: "
@@ -109,13 +107,31 @@ def _write_sharding_plan(setup: Setup, wd: epath.Path, stream, top: int = 20) ->
   if setup.mesh.size > 1:
     print(partitioning.format_plan(rows, total, setup.mesh, setup.rules, top=top), file=stream,
           flush=True)
+  return partitioning.format_plan(rows, total, setup.mesh, setup.rules) + "\n"
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+  """A host allocation (MemoryError) or an accelerator allocation (XLA's RESOURCE_EXHAUSTED) that
+  failed: a config that does not fit, not a bug."""
+  if isinstance(e, MemoryError):
+    return True
+  text = str(e)
+  return isinstance(e, jax.errors.JaxRuntimeError) and (
+      "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower())
+
+
+def _out_of_memory(e: BaseException, what: str, key: str, value: int, devices: int) -> UserError:
+  detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+  return UserError(f"out of memory {what} with {key}={value} on {devices} device(s) "
+                   f"({type(e).__name__}: {detail}); use a smaller {key} or more devices "
+                   f"(nothing was written)")
 
 
 # ================================================================================================
 # The run
 # ================================================================================================
 def train_and_evaluate(config, workdir: str, devices: Optional[Sequence[Any]] = None,
-                       stream=sys.stdout, stop_after: Optional[int] = None) -> dict[str, float]:
+                       stream=None, stop_after: Optional[int] = None) -> dict[str, float]:
   """Trains `config` into `workdir` (resuming from its latest checkpoint). Returns the last metrics.
 
   `stop_after=N` checkpoints and returns after step N, as a preempted run would (tests use it).
@@ -124,6 +140,7 @@ def train_and_evaluate(config, workdir: str, devices: Optional[Sequence[Any]] = 
   non-finite step (unless skip_nonfinite_updates) without saving anything after the last good
   checkpoint. What survives which failure: docs/fault_tolerance.md.
   """
+  stream = sys.stdout if stream is None else stream  # looked up now: tests capture sys.stdout
   setup = build_setup(config, devices)        # every check on user input happens in here
   check_workdir(workdir, config)
   with preemption.StopRequests() as stop_requests:
@@ -132,71 +149,133 @@ def train_and_evaluate(config, workdir: str, devices: Optional[Sequence[Any]] = 
 
 def _train(config, workdir, setup, stream, stop_after, stop_requests) -> dict[str, float]:
   # ------------------------------------------------------------------------------------- setup
+  # Nothing is written into the workdir until the first train step has completed (`commit` below):
+  # a run that fails before it (out of memory, a data error, a checkpoint of another config, a bug)
+  # leaves the workdir as it found it, so the corrected command is not refused afterwards.
   is_main = jax.process_index() == 0
   skip_nonfinite = bool(config.get("skip_nonfinite_updates", False))
   wd = epath.Path(workdir)
-  if is_main:  # nothing was written into the workdir before this line
-    wd.mkdir(parents=True, exist_ok=True)
-    # Atomic: a kill mid-write must not leave a torn config.json that refuses every restart.
-    fileio.write_atomic(wd / "config.json", config_lib.to_json(config))
-    _write_sharding_plan(setup, wd, stream)
+  warn = lambda msg: print(msg, file=stream, flush=True) if is_main else None
+  plan = _print_sharding_plan(setup, wd, stream) if is_main else ""
   steps = steps_lib.Steps(setup)
   ckpt = checkpointing.Checkpointer(
       workdir, every_steps=config.checkpoint_every_steps or config.total_steps,
       max_to_keep=config.get("keep_checkpoints", 3),
-      keep_period=config.get("keep_checkpoint_every_steps", None))
-  writers = metrics.make_writers(workdir, config.get("tensorboard", True)) if is_main else []
-  train_iter = data.build(config.data, split="train", batch_size=config.batch_size,
-                          seed=config.seed, process_index=jax.process_index(),
-                          process_count=jax.process_count())
-  warn = lambda msg: print(msg, file=stream, flush=True) if is_main else None
+      keep_period=config.get("keep_checkpoint_every_steps", None), read_only=True)
+  train_iter = None
+  try:
+    train_iter = data.build(config.data, split="train", batch_size=config.batch_size,
+                            seed=config.seed, process_index=jax.process_index(),
+                            process_count=jax.process_count())
+    # ---------------------------------------------------------------------------------- resume
+    with steps.context():
+      abstract = checkpointing.abstract_with_shardings(setup.abstract_state,
+                                                       setup.state_shardings)
+      # Newest usable checkpoint; unusable ones are reported (moved aside at the commit), never
+      # deleted; one of another config is refused (CheckpointMismatch, a UserError).
+      restored = ckpt.restore_latest(abstract, steps.abstract_window(), warn=warn)
+      window = None
+      if restored is not None:
+        start, state, data_state, window = restored
+        where = os.fspath(wd / "checkpoints" / str(start))
+        if start > config.total_steps:
+          raise checks.fail("total_steps", config.total_steps,
+                            f"the workdir's checkpoint {where} is at step {start}; use "
+                            f"total_steps >= {start}, or a new --workdir")
+        train_iter.set_state(data_state)
+        print(f"resumed from {where}", file=stream, flush=True)
+      else:
+        start = 0
+        state = steps.init(jax.random.PRNGKey(config.seed))
+    if restored is not None and start == config.total_steps:
+      if is_main:
+        print(f"nothing to do: checkpoint {where} is the last step (total_steps="
+              f"{config.total_steps}); raise total_steps to train on", file=stream, flush=True)
+      return {}
+    if window is None:  # a fresh run, or a checkpoint written before windows were saved
+      window = steps.zero_window()
+    return _loop(config, workdir, setup, stream, stop_after, stop_requests, steps, ckpt,
+                 train_iter, state, window, start, restored is not None, plan, warn,
+                 skip_nonfinite)
+  finally:
+    if train_iter is not None:
+      train_iter.close()  # grain's workers and their shared memory, on every way out
+    ckpt.close()  # also on an error: Orbax's threads would print shutdown noise at exit
 
-  # ------------------------------------------------------------------------------------ resume
-  with steps.context():
-    abstract = checkpointing.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
-    # Newest usable checkpoint; unusable ones are reported, moved aside, never deleted.
-    restored = ckpt.restore_latest(abstract, steps.abstract_window(), warn=warn,
-                                   move_unusable=True)
-    window = None
-    if restored is not None:
-      start, state, data_state, window = restored
-      train_iter.set_state(data_state)
-      print(f"resumed from {os.fspath(wd / 'checkpoints' / str(start))}", file=stream, flush=True)
-    else:
-      start = 0
-      state = steps.init(jax.random.PRNGKey(config.seed))
-  if window is None:  # a fresh run, or a checkpoint written before windows were saved
-    window = steps.zero_window()
-  if is_main:
-    # Rows after the restored step are replayed; without a checkpoint everything is (step 0 too).
-    writers[0].truncate_after(start if restored is not None else -1, warn=warn)
+
+def _loop(config, workdir, setup, stream, stop_after, stop_requests, steps, ckpt, train_iter,
+          state, window, start, resumed, plan, warn, skip_nonfinite) -> dict[str, float]:
+  is_main = jax.process_index() == 0
+  wd = epath.Path(workdir)
   progress = metrics.Progress(config.total_steps, start, stream)
   last: dict[str, float] = {}
+  committed = False
+  writers: list = []
+  held_rows: list[tuple[int, dict]] = []  # rows computed before the commit (the step-0 eval)
+  held_stats = None                       # and its sparsity statistics (sparsity/step_0.npz)
+
+  def commit() -> None:
+    """The first step has run: from here on the run owns the workdir."""
+    nonlocal committed, writers
+    if is_main:
+      wd.mkdir(parents=True, exist_ok=True)
+      # Atomic: a kill mid-write must not leave a torn config.json that refuses every restart.
+      fileio.write_atomic(wd / "config.json", config_lib.to_json(config))
+      fileio.write_atomic(wd / "sharding_plan.txt", plan)
+      writers = metrics.make_writers(workdir, config.get("tensorboard", True))
+      # Rows after the restored step are replaced as the run replays them (all rows: none kept).
+      writers[0].resume(start if resumed else -1, warn=warn)
+      if held_stats is not None:
+        sparsity.save_npz(workdir, 0, held_stats)
+    ckpt.open_for_writing(warn=warn)
+    committed = True
+    for st, values in held_rows:
+      for w in writers:
+        w.write(st, values)
 
   def write(step: int, values: dict, t: Optional[float] = None) -> None:
     nonlocal last
     last = dict(values, step=step)
-    for w in writers:
-      w.write(step, values)
+    if committed:
+      for w in writers:
+        w.write(step, values)
+    else:
+      held_rows.append((step, values))
     if is_main:
       progress.report(step, values, t)
 
   def run_eval(step: int) -> dict[str, float]:
     return evaluate.evaluate(steps, state["params"], config, step, workdir if is_main else None)
 
+  devices = setup.mesh.size
   # -------------------------------------------------------------------------------------- loop
   pending = metrics.PendingMetrics()
   t0 = time.time()
   signum = None
   try:
     if start == 0 and config.eval_every_steps:
-      write(0, run_eval(0))
+      try:
+        values, held_stats = evaluate.evaluate_with_stats(steps, state["params"], config)
+      except Exception as e:  # noqa: BLE001 - only an allocation failure is turned into a line
+        if _is_out_of_memory(e):
+          raise _out_of_memory(e, "evaluating step 0", "eval_batch_size",
+                               config.get("eval_batch_size") or config.batch_size, devices) from e
+        raise
+      write(0, values)
     for step in range(start + 1, config.total_steps + 1):
-      batch = steps_lib.to_global(next(train_iter), setup.batch_sharding)
-      with steps.context():
-        state, window = steps.train_step(state, window, batch)
-      if steps.sync_each_step:
-        jax.block_until_ready(state)
+      try:
+        batch = steps_lib.to_global(next(train_iter), setup.batch_sharding)
+        with steps.context():
+          state, window = steps.train_step(state, window, batch)
+        if steps.sync_each_step or not committed:
+          jax.block_until_ready(state)
+      except Exception as e:  # noqa: BLE001 - only an allocation failure is turned into a line
+        if not committed and _is_out_of_memory(e):
+          raise _out_of_memory(e, "in the first train step", "batch_size", config.batch_size,
+                               devices) from e
+        raise
+      if not committed:
+        commit()
       final = step == config.total_steps
       if step % config.log_every_steps == 0 or final:
         pending.add(step, window, lambda w, st=step: steps_lib.window_metrics(
@@ -232,8 +311,6 @@ def _train(config, workdir, setup, stream, stop_after, stop_requests) -> dict[st
     e.last_checkpoint = os.fspath(wd / "checkpoints" / str(good)) if good is not None else None
     e.args = (e.message(),)
     raise
-  finally:
-    train_iter.close()  # grain's workers and their shared memory, on every way out
   ckpt.close()
 
   # ------------------------------------------------------------------------------------ report

@@ -53,7 +53,7 @@ def test_eval_with_config_flag_and_override(workdir, capsys):
     (["--workdir=/nonexistent/x", "--bogus=1"], "unrecognized arguments: --bogus=1"),
     (["--workdir=/nonexistent/x", "--workdir=/y"], "flag --workdir is given twice"),
     (["--workdir=/nonexistent/x", "--config.seed=3"], "--config.KEY overrides need --config="),
-    (["--workdir", "/nonexistent/x"], "'/nonexistent/x' has no config.json"),
+    (["--workdir", "/nonexistent/x"], "--workdir='/nonexistent/x' does not exist"),
 ])
 def test_eval_bad_flags_fail_with_one_line_error(argv, message, capsys):
   assert evaluate.main(["lazy-neuron eval", *argv]) == 2
