@@ -78,20 +78,16 @@ def test_golden_rule_sets_shard_what_they_promise():
         "P()", "P(None,)", "P(None, None)", "P(None, None, None)", "P(None, None, None, None)"}
   fsdp = read("t5_base_fsdp")
   assert fsdp["shared_embedding/embedding"] == "P(None, 'fsdp')"
-  # The paper's sizes scan their layers: a leading `layers` axis, never sharded.
-  assert fsdp["encoder/layers/mlp/wi/kernel"] == "P(None, 'fsdp', None)"
-  assert fsdp["encoder/layers/attention/query_kernel"] == "P(None, 'fsdp', None, None)"
+  assert fsdp["encoder/layer_00/mlp/wi/kernel"] == "P('fsdp', None)"
+  assert fsdp["encoder/layer_00/attention/query_kernel"] == "P('fsdp', None, None)"
   tp = read("t5_base_tensor_parallel")
   assert tp["shared_embedding/embedding"] == "P('model', 'fsdp')"
-  assert tp["decoder/layers/mlp/wo/kernel"] == "P(None, 'model', 'fsdp')"
-  assert tp["encoder/layers/attention/out_kernel"] == "P(None, 'model', None, 'fsdp')"  # kv: none
+  assert tp["decoder/layer_00/mlp/wo/kernel"] == "P('model', 'fsdp')"
+  assert tp["encoder/layer_00/attention/out_kernel"] == "P('model', None, 'fsdp')"  # kv unsharded
   vit = read("vit_b16_fsdp")
   assert vit["embedding/kernel"] == "P(None, None, None, 'fsdp')"
   assert vit["pos_embedding"] == "P(None, None, 'fsdp')"
-  assert read("vit_b16_tensor_parallel")["vit/layers/mlp/wi/kernel"] == "P(None, 'fsdp', 'model')"
-  for name in ("t5_base_fsdp", "t5_base_tensor_parallel", "vit_b16_fsdp"):
-    stacked = {k: v for k, v in read(name).items() if "/layers/" in k}
-    assert stacked and all(v.startswith("P(None") for v in stacked.values()), name
+  assert read("vit_b16_tensor_parallel")["vit/layer_00/mlp/wi/kernel"] == "P('fsdp', 'model')"
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
@@ -120,7 +116,7 @@ def test_optimizer_state_shardings_follow_params():
   mu = [sh for k, sh in flat.items() if "mu" in k and "shared_embedding" in k]
   nu = [sh for k, sh in flat.items() if "nu" in k and "mlp" in k and "wi" in k]
   assert mu and all(str(sh.spec) == "P('model', 'fsdp')" for sh in mu)
-  assert nu and all(str(sh.spec) == "P(None, 'fsdp', 'model')" for sh in nu)  # scanned: [L, ...]
+  assert nu and all(str(sh.spec) == "P('fsdp', 'model')" for sh in nu)
   counts = [sh for k, sh in flat.items() if "count" in k]
   assert counts and all(str(sh.spec) == "P()" for sh in counts)
 
@@ -130,14 +126,14 @@ def test_adafactor_factored_moments_are_replicated():
   opt, shardings = s.abstract_state["opt_state"], s.state_shardings["opt_state"]
   pairs = list(zip(jax.tree_util.tree_flatten_with_path(opt)[0],
                    jax.tree.leaves(shardings, is_leaf=lambda x: hasattr(x, "spec"))))
-  wi = "vit/layers/mlp/wi/kernel"  # ViT-B/16 scans its 12 layers: [12, 768, 3072]
+  wi = "vit/layer_00/mlp/wi/kernel"
   factored = [(p, leaf, sh) for (p, leaf), sh in pairs
-              if "'layers'" in jax.tree_util.keystr(p) and "'wi'" in jax.tree_util.keystr(p)
+              if "layer_00" in jax.tree_util.keystr(p) and "'wi'" in jax.tree_util.keystr(p)
               and "kernel" in jax.tree_util.keystr(p)]
   assert factored, wi
   for p, leaf, sh in factored:
-    if leaf.shape == (12, 768, 3072):
-      assert str(sh.spec) == "P(None, 'fsdp', None)", jax.tree_util.keystr(p)
+    if leaf.shape == (768, 3072):
+      assert str(sh.spec) == "P('fsdp', None)", jax.tree_util.keystr(p)
     else:  # row / column factors: replicated
       assert str(sh.spec) == "P()", (jax.tree_util.keystr(p), leaf.shape)
 
@@ -159,9 +155,8 @@ def test_plan_bytes_per_device_add_up():
   assert total1 / 8 <= total8 < total1 / 8 * 1.01
   text = partitioning.format_plan(rows8, total8, s.mesh, s.rules, top=5)
   lines = text.splitlines()
-  # 24 arrays: the 12 layers are scanned, each stacked parameter is one array.
-  assert len(lines) == 2 + 5 + 2 and "19 smaller arrays" in lines[-2]
-  assert lines[2].split()[0] == "vit/layers/mlp/wi/kernel"  # largest first (ties: in order)
+  assert len(lines) == 2 + 5 + 2 and "195 smaller arrays" in lines[-2]
+  assert lines[2].split()[0] == "vit/layer_00/mlp/wi/kernel"  # largest first (ties: in order)
   # Replicated: only biases without an embed axis (heads x kv, classes), 0.2 MiB.
   assert f"{total8:,} bytes" in lines[-1] and "of which 0.2 MiB replicated" in lines[-1]
 
@@ -206,7 +201,7 @@ def test_two_logical_axes_of_one_parameter_on_one_mesh_axis_are_refused():
   msg = _error("vit_b16", MESH_8,
                "config.sharding_rules=[('batch', 'data'), ('embed', 'model'), ('mlp', 'model')]")
   assert "logical axes 'embed' and 'mlp'" in msg and "mesh axis 'model'" in msg
-  assert "parameter vit/layers/mlp/wi/kernel [12, 768, 3072]" in msg
+  assert "parameter vit/layer_00/mlp/wi/kernel [768, 3072]" in msg
 
 
 def test_mesh_not_matching_the_device_count_is_refused():
@@ -224,8 +219,8 @@ def test_batch_not_divisible_by_the_data_axes_is_refused():
 def test_large_parameter_not_divisible_by_its_mesh_axis_is_refused():
   # T5-Base has 12 heads: 8-way tensor parallelism cannot split them.
   msg = _error("t5_base", "config.mesh=[('model', 8)]", "config.sharding_rules=tensor_parallel")
-  assert "attention/key_kernel [12, 768, 12, 64]" in msg  # scanned: the layer axis leads
-  assert "dimension 2 ('heads') of size 12 is not divisible by mesh axis 'model' of size 8" in msg
+  assert "attention/key_kernel [768, 12, 64]" in msg
+  assert "dimension 1 ('heads') of size 12 is not divisible by mesh axis 'model' of size 8" in msg
   assert "('heads', None)" in msg
 
 
@@ -233,7 +228,7 @@ def test_small_indivisible_parameter_is_replicated_along_that_dimension():
   s = _setup("t5_base", "config.mesh=[('model', 8)]",
              "config.sharding_rules=[('batch', None), ('mlp', 'model'), ('heads', None)]")
   specs = _specs(s.abstract_state["params"], s.state_shardings["params"])
-  assert specs["encoder/layers/mlp/wi/kernel"] == "P(None, None, 'model')"
+  assert specs["encoder/layer_00/mlp/wi/kernel"] == "P(None, 'model')"
   # Above the limit an indivisible dimension is an error instead: the 2-layer MLP's output
   # kernel [128, 10] (10 classes on its 'embed' axis) on 4-way fsdp, with the limit at 1000 bytes.
   config = train.load_config("configs/mlp_gaussian.py:runlocal",
@@ -251,7 +246,7 @@ def test_small_indivisible_parameter_is_replicated_along_that_dimension():
 def test_fsdp_rules_without_an_fsdp_axis_are_refused():
   msg = _error("vit_b16", "config.mesh=[('data', -1), ('model', 1)]", "config.sharding_rules=fsdp")
   assert "shard parameters over mesh axis 'fsdp'" in msg and "replicated on all 8 devices" in msg
-  assert "largest: parameter vit/layers/mlp/wi/kernel [12, 768, 3072] (108.0 MiB)" in msg
+  assert "largest: parameter vit/layer_00/mlp/wi/kernel [768, 3072] (9.0 MiB)" in msg
   # One device: nothing to shard over, nothing to refuse.
   _setup("vit_b16", "config.mesh=[('data', 1)]", "config.sharding_rules=fsdp",
          devices=jax.devices()[:1])

@@ -1,6 +1,6 @@
 """`model.scan_layers`: a scanned stack computes what the unrolled one does, with the same parameters
 (converted by `models.stack_layers`), the same per-layer sparsity counts and metric names, under
-remat, in the jitted train step and sharded; the setting's validation and auto default."""
+remat, in the jitted train step and sharded; the setting's validation and default."""
 import re
 import types
 
@@ -223,9 +223,9 @@ def test_sharded_scanned_step_runs_with_the_layers_axis_unsharded():
 
 # ------------------------------------------------------------------ setting and default
 @pytest.mark.parametrize("name,variant,want", [
-    ("t5", "tiny", False), ("t5", "small", True), ("t5", "base", True), ("vit", "tiny", False),
-    ("vit", "B/16", True), ("mixer", "S/16", True), ("mlp", "base", False), ("mlp", "tiny", False)])
-def test_auto_scans_the_paper_sizes_only(name, variant, want):
+    ("t5", "tiny", False), ("t5", "small", False), ("t5", "base", False), ("vit", "tiny", False),
+    ("vit", "B/16", False), ("mixer", "S/16", False), ("mlp", "base", False), ("mlp", "tiny", False)])
+def test_default_is_unrolled_for_every_size(name, variant, want):
   info = INFOS.get(name, types.SimpleNamespace(task="classification", num_classes=10,
                                                image_shape=(64,)))
   if variant != "tiny" and name in ("vit", "mixer"):
@@ -236,8 +236,8 @@ def test_auto_scans_the_paper_sizes_only(name, variant, want):
 
 
 @pytest.mark.parametrize("name,value,message", [
-    ("t5", "yes", "model.scan_layers='yes' is not valid; use true, false or None"),
-    ("vit", 1, "model.scan_layers=1 is not valid; use true, false or None"),
+    ("t5", "yes", "model.scan_layers='yes' is not valid; use true, false or None (= false)"),
+    ("vit", 1, "model.scan_layers=1 is not valid; use true, false or None (= false)"),
     ("mlp", True, "model.scan_layers=True is not valid; model.name='mlp' has a single layer"),
 ])
 def test_bad_scan_layers_is_a_one_line_error(name, value, message):

@@ -36,7 +36,7 @@ class ModelConfig:
   """
   dropout_rate: float = 0.0
   remat: bool = False  # rematerialise each layer in the backward pass (memory for compute)
-  # Compile one layer and scan it (models/stacking.py); None = auto (every variant but tiny).
+  # Compile one layer and scan it (models/stacking.py); None = False (unrolled: faster steps).
   scan_layers: Optional[bool] = None
 
   def __post_init__(self):
@@ -62,7 +62,7 @@ class ModelConfig:
 def check_scan_layers(value: Any) -> Optional[bool]:
   if value is not None and not isinstance(value, bool):
     raise checks.fail("model.scan_layers", value,
-                      "use true, false or None (auto: true for every variant but tiny)")
+                      "use true, false or None (= false)")
   return value
 
 
