@@ -101,7 +101,9 @@ def _check_batch_fits(config, model: Model, info, mesh, dp: int) -> None:
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
   except (ValueError, OSError, AttributeError):  # not POSIX: nothing to compare with
     host = None
-  stats = getattr(mesh.devices.flat[0], "memory_stats", lambda: None)() or {}
+  # A device of this process: memory_stats() refuses devices owned by another process.
+  local = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
+  stats = getattr(local, "memory_stats", lambda: None)() or {}
   device = stats.get("bytes_limit")
   gib = lambda n: f"{n / 2**30:.3g} GiB"
   for key in ("batch_size", "eval_batch_size"):
