@@ -59,7 +59,7 @@ def test_an_unwritable_out_is_refused_before_running_anything(tmp_path, capsys, 
   snap = hostile.snapshot(tmp_path)
   line = hostile.refuses(peers.main, [PROG, "--model=t5_base", "--peer=none",
                                       f"--out={tmp_path}/f/p.json"], capsys, snap)
-  assert "--out=" in line and "is not a folder" in line
+  assert "--out=" in line and "is a file, so no file can be made below it" in line
 
 
 def test_compare_gives_the_speedup_and_the_same_flops_mfu_for_both_sides():

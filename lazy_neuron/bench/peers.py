@@ -98,6 +98,17 @@ def peer_sizes(name: str, model, info) -> list[str]:
           f"--inputs-length={info.inputs_length}", f"--targets-length={info.targets_length}"]
 
 
+def _run_side(what: str, out_json: str, cmd: list[str]) -> Optional[dict]:
+  """Runs one side in its own process; its JSON, or None after printing why (its output above)."""
+  rc = _run(cmd)
+  if rc != 0:
+    print(f"lazy-neuron: error: {what} failed with exit code {rc}; its output is above",
+          file=sys.stderr)
+    return None
+  with open(out_json) as f:
+    return json.load(f)
+
+
 def _run(cmd: list[str]) -> int:
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([REPO] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -208,28 +219,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   py = sys.executable
   with tempfile.TemporaryDirectory(prefix="lazy_neuron_peers_") as tmp:
     ours_json, peer_json = os.path.join(tmp, "ours.json"), os.path.join(tmp, "peer.json")
-    rc = _run([py, "-m", "lazy_neuron.cli", "bench", "train", f"--config={config}",
-               f"--synthetic={synthetic}", f"--variants={','.join(names)}",
-               f"--steps={args.steps}", f"--warmup={args.warmup}", f"--out={ours_json}",
-               *[f"--{o}" for o in ours_overrides]])
-    if rc != 0:
-      print(f"lazy-neuron: error: our side (bench train) failed with exit code {rc}; its output "
-            "is above", file=sys.stderr)
+    ours = _run_side("our side (bench train)", ours_json, [
+        py, "-m", "lazy_neuron.cli", "bench", "train", f"--config={config}",
+        f"--synthetic={synthetic}", f"--variants={','.join(names)}", f"--steps={args.steps}",
+        f"--warmup={args.warmup}", f"--out={ours_json}", *[f"--{o}" for o in ours_overrides]])
+    if ours is None:
       return 1
-    with open(ours_json) as f:
-      ours = json.load(f)
     peer = None
     if args.peer == "torch":
-      rc = _run([py, "-m", "lazy_neuron.bench.torch_peer", f"--model={spec.torch_model}",
-                 f"--batch-size={batch}", f"--steps={args.steps}", f"--warmup={args.warmup}",
-                 f"--device={args.peer_device}", f"--compile={args.peer_compile}",
-                 f"--out={peer_json}", *sizes])
-      if rc != 0:
-        print(f"lazy-neuron: error: the PyTorch peer failed with exit code {rc}; its output is "
-              "above", file=sys.stderr)
+      peer = _run_side("the PyTorch peer", peer_json, [
+          py, "-m", "lazy_neuron.bench.torch_peer", f"--model={spec.torch_model}",
+          f"--batch-size={batch}", f"--steps={args.steps}", f"--warmup={args.warmup}",
+          f"--device={args.peer_device}", f"--compile={args.peer_compile}", f"--out={peer_json}",
+          *sizes])
+      if peer is None:
         return 1
-      with open(peer_json) as f:
-        peer = json.load(f)
   rows = compare(ours, peer, count.model, tokens)
   title = (f"{spec.title}, batch {batch}" if args.size == "full" else
            f"{args.model} --size=tiny (synthetic {synthetic}), batch {batch}")

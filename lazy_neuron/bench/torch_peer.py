@@ -31,6 +31,8 @@ import platform
 import sys
 import time
 
+from lazy_neuron.bench import host
+
 
 def _error(message: str) -> int:
   print(f"lazy-neuron: error: {message}", file=sys.stderr)
@@ -102,17 +104,6 @@ def _t5(a, torch, device):
           {"examples": a.batch_size, "tokens_per_example": tokens})
 
 
-def _host_cpu() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def run(a) -> dict:
   import torch
   cuda = a.device == "cuda"
@@ -171,8 +162,7 @@ def run(a) -> dict:
   versions[lib] = __import__(lib).__version__
   out["versions"] = versions
   out["hardware"] = {"device_kind": torch.cuda.get_device_name() if cuda else "cpu",
-                     "num_devices": 1, "host": platform.node(), "host_cpu": _host_cpu(),
-                     "host_cpu_count": os.cpu_count()}
+                     "num_devices": 1, **host.host_info()}
   return out
 
 

@@ -48,8 +48,9 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from lazy_neuron import checks, config_lib, errors, fileio, flags
+from lazy_neuron import checks, config_lib, errors, fileio, flags, outpaths
 from lazy_neuron import flops as flops_lib
+from lazy_neuron.bench import host
 from lazy_neuron.errors import UserError
 
 
@@ -84,28 +85,8 @@ def synthetic_info(spec: Optional[str]):
 
 
 def check_out(flag: str, path: Optional[str]) -> Optional[str]:
-  """Refuses an output file that could not be written, before any work (one line, exit 2).
-
-  Local paths only: the nearest existing folder above it must be a writable folder (missing folders
-  are created when the file is written); remote paths (gs://...) are checked when written.
-  """
-  if path is None:
-    return None
-  checks.string(flag, path)
-  if "://" in path:
-    return path
-  full = os.path.abspath(os.path.expanduser(path))
-  if os.path.isdir(full):
-    raise checks.fail(flag, path, "it is a folder; give the path of a file to write")
-  folder = os.path.dirname(full)
-  while not os.path.lexists(folder):
-    folder = os.path.dirname(folder)
-  if not os.path.isdir(folder):
-    raise checks.fail(flag, path, f"{folder} is not a folder; give a path in a writable folder")
-  if not os.access(folder, os.W_OK | os.X_OK):
-    raise checks.fail(flag, path, f"the folder {folder} is not writable; give a path in a "
-                                  "writable folder")
-  return path
+  """Refuses an output file that could not be written, before any work (one line, exit 2)."""
+  return None if path is None else outpaths.file(flag, path)
 
 
 def write_json(path: str, payload: dict) -> None:
@@ -154,17 +135,6 @@ def git_commit() -> dict:
   return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
-def host_cpu() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def environment() -> dict:
   """Hardware and versions of this process (JAX side)."""
   import flax
@@ -173,8 +143,7 @@ def environment() -> dict:
   devices = jax.devices()
   return {"hardware": {"device_kind": devices[0].device_kind, "platform": devices[0].platform,
                        "num_devices": len(devices), "num_processes": jax.process_count(),
-                       "host": platform.node(), "host_cpu": host_cpu(),
-                       "host_cpu_count": os.cpu_count()},
+                       **host.host_info()},
           "versions": {"python": platform.python_version(), "jax": jax.__version__,
                        "jaxlib": jaxlib.__version__, "flax": flax.__version__,
                        "optax": optax.__version__, "numpy": np.__version__},

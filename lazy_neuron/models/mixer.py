@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from lazy_neuron.models.common import (Configured, ModelConfig, classifier_head, layer_norm,
                                        patch_embed, variant_table)
 from lazy_neuron.models.mlp import MlpBlock
-from lazy_neuron.models.stacking import LAYERS, layer_stack
+from lazy_neuron.models.stacking import apply_scanned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,10 +89,9 @@ class MixerStack(Configured):
   @nn.compact
   def __call__(self, x, example_mask, deterministic):
     c = self.cfg
-    if c.scan_layers:  # `self` counts as argument 0: deterministic is argument 3
-      stack = layer_stack(MixerBlock, length=c.depth, remat=c.remat, deterministic_argnum=3,
-                          num_broadcast=2)
-      x, _ = stack(c, self.mlp, self.dtype, name=LAYERS)(x, example_mask, deterministic)
+    if c.scan_layers:
+      x = apply_scanned(MixerBlock, c, self.mlp, self.dtype, c.depth, x, example_mask,
+                        deterministic)
     else:
       block = _mixer_block
       if c.remat:  # the stack is argument 0; `deterministic` and the layer's index are static

@@ -81,6 +81,30 @@ def layer_stack(layer_cls: type, *, length: int, remat: bool, deterministic_argn
                  metadata_params={nn.PARTITION_NAME: LAYERS})
 
 
+def apply_scanned(layer_cls: type, cfg: Any, mlp: Any, dtype: Any, length: int, x: Any,
+                  *args: Any) -> Any:
+  """Runs `length` layers of `layer_cls(cfg, mlp, dtype)` as one scanned submodule `layers` of the
+  calling (compact) module; `args` are the layer's arguments after x, `deterministic` last."""
+  stack = layer_stack(layer_cls, length=length, remat=cfg.remat,
+                      deterministic_argnum=len(args) + 1,  # `self` is argument 0, x argument 1
+                      num_broadcast=len(args))
+  x, _ = stack(cfg, mlp, dtype, name=LAYERS)(x, *args)
+  return x
+
+
+def apply_stack(layer_cls: type, cfg: Any, mlp: Any, dtype: Any, length: int, x: Any,
+                *args: Any) -> Any:
+  """`length` layers of `layer_cls(cfg, mlp, dtype)` on x: scanned (`cfg.scan_layers`) or unrolled
+  as submodules `layer_00`, `layer_01`, ... (each rematerialised with `cfg.remat`)."""
+  if cfg.scan_layers:
+    return apply_scanned(layer_cls, cfg, mlp, dtype, length, x, *args)
+  if cfg.remat:  # `self` is argument 0, x argument 1; `deterministic` (the last) is static
+    layer_cls = nn.remat(layer_cls, static_argnums=(len(args) + 1,))
+  for i in range(length):
+    x, _ = layer_cls(cfg, mlp, dtype, name=f"layer_{i:02d}")(x, *args)
+  return x
+
+
 # --------------------------------------------------------------------------- layout conversion
 def _stack_scope(scope: Mapping[str, Any], mode: str, where: str) -> dict:
   """One stack's subtree, unrolled -> scanned."""

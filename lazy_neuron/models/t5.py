@@ -15,7 +15,7 @@ import numpy as np
 from lazy_neuron.models.common import (Configured, ModelConfig, MultiHeadAttention, rms_norm,
                                        variant_table)
 from lazy_neuron.models.mlp import MlpBlock
-from lazy_neuron.models.stacking import LAYERS, layer_stack
+from lazy_neuron.models.stacking import apply_stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,16 +193,7 @@ class Stack(Configured):
     else:
       layer_cls, args = EncoderLayer, (self_mask, bias, token_mask, deterministic)
     x = _dropout(x, c.dropout_rate, deterministic)
-    det_argnum = len(args) + 1  # `self` counts as argument 0, x as 1; `deterministic` is the last one
-    if c.scan_layers:
-      stack = layer_stack(layer_cls, length=n, remat=c.remat, deterministic_argnum=det_argnum,
-                          num_broadcast=len(args))
-      x, _ = stack(c, self.mlp, self.dtype, name=LAYERS)(x, *args)
-    else:
-      if c.remat:
-        layer_cls = nn.remat(layer_cls, static_argnums=(det_argnum,))
-      for i in range(n):
-        x, _ = layer_cls(c, self.mlp, self.dtype, name=f"layer_{i:02d}")(x, *args)
+    x = apply_stack(layer_cls, c, self.mlp, self.dtype, n, x, *args)
     x = rms_norm("final_norm", self.dtype)(x)
     return _dropout(x, c.dropout_rate, deterministic)
 

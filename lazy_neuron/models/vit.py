@@ -14,7 +14,7 @@ from lazy_neuron import checks
 from lazy_neuron.models.common import (Configured, ModelConfig, MultiHeadAttention,
                                        classifier_head, layer_norm, patch_embed, variant_table)
 from lazy_neuron.models.mlp import MlpBlock
-from lazy_neuron.models.stacking import LAYERS, layer_stack
+from lazy_neuron.models.stacking import apply_stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,12 +96,5 @@ class Transformer(Configured):
   @nn.compact
   def __call__(self, x, token_mask, deterministic):
     c = self.cfg
-    if c.scan_layers:  # `self` counts as argument 0: deterministic is argument 3
-      stack = layer_stack(EncoderBlock, length=c.depth, remat=c.remat, deterministic_argnum=3,
-                          num_broadcast=2)
-      x, _ = stack(c, self.mlp, self.dtype, name=LAYERS)(x, token_mask, deterministic)
-    else:
-      block = nn.remat(EncoderBlock, static_argnums=(3,)) if c.remat else EncoderBlock
-      for i in range(c.depth):
-        x, _ = block(c, self.mlp, self.dtype, name=f"layer_{i:02d}")(x, token_mask, deterministic)
+    x = apply_stack(EncoderBlock, c, self.mlp, self.dtype, c.depth, x, token_mask, deterministic)
     return layer_norm("encoder_norm", self.dtype, jnp.float32)(x)
