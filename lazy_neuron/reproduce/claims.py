@@ -32,6 +32,7 @@ DROP = 0.05                   # "became sparser": fell by more than 5 points fro
 ORDER_MARGIN = 0.01           # "sparser than": lower by more than 1 point
 TRAIN_EVAL_SAME = 0.03        # train and eval "about equal": within 3 points
 TRAIN_EVAL_DIFFERENT = 0.10   # clearly different: more than 10 points apart
+MIN_STEPS = 100              # a run shorter than this decides nothing: too short for sparsity
 LEARNED = 0.10                # a run "learned": its eval loss fell by at least 10% from step 0
 TOPK_SAME = 1.02              # Top-k "matches": eval loss within 2% of the dense run's
 TOPK_WORSE = 1.05             # clearly worse: more than 5% higher
@@ -92,8 +93,9 @@ def _layer_mean(run: Run, metric: str, split: str = "eval") -> tuple[np.ndarray,
   mean = _series(run, f"sparsity/{split}/mean/{metric}")
   if len(mean[0]):
     return mean
-  per_layer = [dict(zip(*_series(run, f"sparsity/{split}/{layer}/{metric}")))
-               for layer in run.layers(split)]
+  prefix, suffix = f"sparsity/{split}/", f"/{metric}"
+  layers = [n[len(prefix):-len(suffix)] for n in run.names(prefix) if n.endswith(suffix)]
+  per_layer = [dict(zip(*_series(run, f"{prefix}{layer}{suffix}"))) for layer in layers]
   per_layer = [p for p in per_layer if p]
   if not per_layer:
     return np.zeros(0, np.int64), np.zeros(0)
@@ -469,6 +471,30 @@ def judge_c14(runs: Mapping[str, Run]) -> Verdict:
 
 
 # ================================================================================================
+# The length guard, applied to every rule
+# ================================================================================================
+LENGTH_RULE = (f" Any rule: a run whose metrics end before step {MIN_STEPS} decides nothing (too "
+               "short for sparsity to emerge or for a loss to mean anything) -> inconclusive.")
+
+
+def length_guarded(judge: Judge) -> Judge:
+  """`judge`, with its verdict turned into inconclusive when some run is shorter than MIN_STEPS:
+  a few steps of noise (a smoke run) must neither support nor refute a claim about training."""
+  def guarded(runs: Mapping[str, Run]) -> Verdict:
+    verdict, rule, evidence = judge(runs)
+    short = {n: r.last_step for n, r in sorted(runs.items()) if r.last_step < MIN_STEPS}
+    if short and verdict != INCONCLUSIVE:
+      evidence = {**evidence, "rule_verdict_before_length_guard": verdict}
+      verdict = INCONCLUSIVE
+    if short:
+      what = ", ".join(f"{n} ends at step {s}" for n, s in short.items())
+      evidence = {**evidence, "reason": f"runs shorter than {MIN_STEPS} steps ({what})"}
+    return verdict, rule + LENGTH_RULE, evidence
+  guarded.__name__ = guarded.__qualname__ = judge.__name__
+  return guarded
+
+
+# ================================================================================================
 # Experiments and the registry
 # ================================================================================================
 # (depths, widths) of the C5 grid per scale: encoder = decoder layers, d_ff.
@@ -505,7 +531,8 @@ def _c10(scale):
   return [t5(scale), t5(scale, "t5_topk", topk=TOPK[scale])]
 
 
-CLAIMS: dict[str, Claim] = {c.id: c for c in [
+# Every rule runs behind the length guard (the rule text says so).
+CLAIMS: dict[str, Claim] = {c.id: dataclasses.replace(c, judge=length_guarded(c.judge)) for c in [
     Claim("C1", "MLP activation maps start near 50% nonzero and become sparse during training.",
           "At initialisation about half the ReLU activations are nonzero; after training T5-Base "
           "has 3.0% and ViT-B/16 6.3% nonzero entries.", _t5_main, judge_c1),
