@@ -179,6 +179,8 @@ def test_length_guard():
   verdict, rule, evidence = judge({"a": mk(**nz(0.5, 0.2, steps=(0, 99)))})
   assert verdict == INCONCLUSIVE and "shorter than 100 steps" in evidence["reason"]
   assert evidence["rule_verdict_before_length_guard"] == SUPPORTED and claims.LENGTH_RULE in rule
+  verdict, _, evidence = claims.CLAIMS["C8"].judge({"a": mk(**nz(0.5, 0.2, steps=(0, 6)))})
+  assert "shorter than 100" in evidence["reason"] and "not recorded" in evidence["reason"]
   assert claims.CLAIMS["C7"].judge({"a": mk(**nz(0.5, 0.6, "train", steps=(2, 6)))})[0] == (
       INCONCLUSIVE)
   assert all(c.judge.__name__ == "guarded" or c.judge.__name__.startswith("judge")

@@ -488,7 +488,10 @@ def length_guarded(judge: Judge) -> Judge:
       verdict = INCONCLUSIVE
     if short:
       what = ", ".join(f"{n} ends at step {s}" for n, s in short.items())
-      evidence = {**evidence, "reason": f"runs shorter than {MIN_STEPS} steps ({what})"}
+      reason = f"runs shorter than {MIN_STEPS} steps ({what})"
+      if evidence.get("reason"):  # the rule's own reason (e.g. a metric not recorded) is kept
+        reason += f"; {evidence['reason']}"
+      evidence = {**evidence, "reason": reason}
     return verdict, rule + LENGTH_RULE, evidence
   guarded.__name__ = guarded.__qualname__ = judge.__name__
   return guarded
