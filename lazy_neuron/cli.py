@@ -13,6 +13,7 @@ COMMANDS = {
     "train": ("lazy_neuron.train", "train a config: --config=configs/<exp>.py[:args] --workdir=DIR"),
     "eval": ("lazy_neuron.evaluate", "evaluate a workdir's latest checkpoint"),
     "report": ("lazy_neuron.report", "figures + index.html from one or more workdirs"),
+    "reproduce": ("lazy_neuron.reproduce", "run the paper's experiments, judge each claim: --out=DIR"),
     "bench": ("lazy_neuron.bench", "benchmarks: JSON + a table"),
     "tokenizer": ("lazy_neuron.data.tokenizer", "train a sentencepiece model: --corpus FILES --vocab-size N"),
     "convert": ("lazy_neuron.data.convert", "a TFDS dataset prepared as TFRecord -> ArrayRecord"),

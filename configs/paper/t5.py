@@ -1,0 +1,52 @@
+"""Paper reproduction: T5 v1.0 (ReLU) span corruption on the stdlib's docstrings, at one of three scales.
+
+Used by `lazy-neuron reproduce` (lazy_neuron/reproduce/claims.py) for C1, C3, C4, C5, C7 (random
+inputs), C8, C9, C10 (Top-k) and C14; runnable on its own too:
+
+  lazy-neuron train --config=configs/paper/t5.py:scale=smoke --workdir=/tmp/ln/paper_t5
+
+Scales (docs/reproduction.md):
+  smoke  6 steps of a 2+2-layer, d_model 64 model: seconds; checks the pipeline, decides nothing.
+  cpu    400 steps of the tiny T5 (d_model 128, d_ff 1024 by default, bytes, 64-token inputs);
+         the settings of configs/t5_offline.py, shortened so that a claim's runs fit ~5 minutes on
+         2 CPU cores (an estimate: not yet measured).
+  gpu    T5-Small dimensions (d_model 512, 8 heads) for 20k steps at batch 128 x 128 tokens:
+         planned as one ~10-minute H200 job per run (an estimate: not yet measured).
+
+Args: scale=smoke|cpu|gpu, layers=L (encoder and decoder layers each; 0 = the scale's default),
+width=D_FF (0 = the scale's default), topk=K (0 = dense), random_inputs (uniform random tokens).
+"""
+from lazy_neuron import checks, data, experiment
+from lazy_neuron.config_lib import parse_arg
+
+# scale -> (variant, layers, width, steps, batch, inputs_length, eval_every, eval_examples, lr, warmup)
+SCALES = {
+    "smoke": ("tiny", 2, 128, 6, 8, 32, 3, 16, 3e-3, 2),
+    "cpu": ("tiny", 2, 1024, 400, 32, 64, 100, 256, 3e-3, 50),
+    "gpu": ("small", 6, 2048, 20_000, 128, 128, 1000, 512, 3e-3, 1000),
+}
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, scale="cpu", layers=0, width=0, topk=0, random_inputs=False)
+  checks.choice("arg scale", arg.scale, SCALES)
+  variant, layers, width, steps, batch, length, eval_every, eval_examples, lr, warmup = (
+      SCALES[arg.scale])
+  layers = checks.integer("arg layers", arg.layers, min=0) or layers
+  width = checks.integer("arg width", arg.width, min=0) or width
+  sizes = dict(num_encoder_layers=layers, num_decoder_layers=layers, mlp_dim=width)
+  if arg.scale == "smoke":  # smaller than "tiny": the point is seconds, not a result
+    sizes.update(emb_dim=64, num_heads=2, head_dim=32)
+  c = experiment.base_config(
+      model=experiment.model("t5", variant=variant, topk=arg.topk, **sizes),
+      data=data.get_data_config("docstrings", tokenizer="bytes", inputs_length=length,
+                                random_inputs=arg.random_inputs),
+      optimizer=dict(name="adamw", learning_rate=lr, warmup_steps=warmup, schedule="cosine",
+                     b2=0.98, weight_decay=0.0, grad_clip_norm=1.0),
+      total_steps=steps, batch_size=batch, log_every_steps=min(50, eval_every),
+      eval_every_steps=eval_every, checkpoint_every_steps=eval_every)
+  c.data.eval_examples = eval_examples
+  if arg.scale == "smoke":
+    c.log_every_steps = 2
+    c.data.max_corpus_bytes = 2_000_000
+  return c
