@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from lazy_neuron import config_lib, flops, sparsity, steps as steps_lib
+from lazy_neuron import config_lib, evaluate, flops, sparsity, steps as steps_lib
 from lazy_neuron.models import build_model, dummy_batch, stack_layers
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -287,7 +287,7 @@ def _in_repo(repo_root, monkeypatch):
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-def test_setup_passes_flops_to_the_train_metrics(_in_repo, enabled):
+def test_setup_passes_flops_to_the_train_and_eval_metrics(_in_repo, enabled):
   config = config_lib.load_config("configs/t5_offline.py:runlocal",
                                   [f"config.sparsity.enabled={enabled}"])
   setup = steps_lib.build_setup(config, jax.devices()[:1])
@@ -302,6 +302,7 @@ def test_setup_passes_flops_to_the_train_metrics(_in_repo, enabled):
     batch[k] = rng.integers(2, 100, batch[k].shape).astype(np.int32)
   with steps.context():
     state = steps.init(jax.random.PRNGKey(0))
+    params = jax.device_get(state["params"])  # the train step donates the state
     _, window = steps.train_step(state, steps.zero_window(),
                                  steps_lib.to_global(batch, setup.batch_sharding))
   window = jax.device_get(window)
@@ -312,3 +313,8 @@ def test_setup_passes_flops_to_the_train_metrics(_in_repo, enabled):
   assert 0 < m["sparsity/train/model_flops_skippable_frac"] < m[
       "sparsity/train/mlp_flops_skippable_frac"] < 0.5
   assert "sparsity/train/decoder/layer_00/preact_pos_mean" in m
+  with steps.context():
+    params = jax.device_put(params, setup.state_shardings["params"])
+  values, eval_stats = evaluate.evaluate_with_stats(steps, params, config)
+  assert values["sparsity/eval/model_flops_skippable_frac"] == sparsity.flops_skippable_metrics(
+      eval_stats, "eval", setup.flops_info)["sparsity/eval/model_flops_skippable_frac"]
