@@ -77,7 +77,7 @@ def evaluate_with_stats(steps: steps_lib.Steps, params, config) -> tuple[dict[st
   stats = None
   if total["sparsity"]:
     stats = sparsity.flatten_stats(total["sparsity"])
-    result.update(sparsity.metrics_from_stats(stats, "eval"))
+    result.update(sparsity.metrics_from_stats(stats, "eval", s.flops_info))
   return result, stats
 
 

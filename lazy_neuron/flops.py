@@ -152,6 +152,43 @@ def train_step(model, info, batch_size: int) -> StepFlops:
   return fn(model.sizes, model.module.num_classes, batch_size, tuple(info.image_shape))
 
 
+
+@dataclasses.dataclass(frozen=True)
+class MlpLayerFlops:
+  """Forward FLOPs of one MLP block's two matmuls, per example."""
+  wi: int
+  wo: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardFlops:
+  """Forward-pass FLOPs per example, for `sparsity.metrics_from_stats(..., flops_info=)`: every
+  MLP layer's, keyed by the sparsity layer name, and the whole model's (`StepFlops.forward`)."""
+  total: int
+  mlp: dict[str, MlpLayerFlops]
+
+
+# model name -> {MLP matmul prefix in `train_step`'s matmuls: sparsity layer name of layer i}.
+_MLP_LAYER_NAMES = {
+    "t5": {"encoder/mlp": "encoder/layer_{:02d}", "decoder/mlp": "decoder/layer_{:02d}"},
+    "vit": {"mlp": "vit/layer_{:02d}"},
+    "mixer": {"token_mlp": "mixer/token_{:02d}", "channel_mlp": "mixer/channel_{:02d}"},
+    "mlp": {"mlp": "mlp/layer_{:02d}"},
+}
+
+
+def forward_flops(model, info) -> ForwardFlops:
+  """Forward FLOPs per example of a built `models.Model` on batches described by `info` (the same
+  count as `train_step`, at batch size 1: every counted matmul is linear in the batch)."""
+  step = train_step(model, info, 1)
+  by_name = {m.name: m for m in step.matmuls}
+  mlp: dict[str, MlpLayerFlops] = {}
+  for prefix, layer in _MLP_LAYER_NAMES[model.name].items():
+    wi, wo = by_name[f"{prefix}/wi"], by_name[f"{prefix}/wo"]
+    for i in range(wi.count):
+      mlp[layer.format(i)] = MlpLayerFlops(wi.flops, wo.flops)
+  return ForwardFlops(step.forward, mlp)
+
 # Dense (no structured sparsity) bf16 matmul peaks, TFLOP/s, from the vendors' spec sheets:
 # (substrings of the lower-cased device kind that must all match, peak, source).
 # H100 PCIe / NVL have lower clocks and peaks than SXM and are left out (MFU omitted for them).

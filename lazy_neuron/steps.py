@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lazy_neuron import checks, data, optim, partitioning, sparsity, tasks
+from lazy_neuron import checks, data, flops, optim, partitioning, sparsity, tasks
 from lazy_neuron.errors import UserError
 from lazy_neuron.models import SPARSITY, Model, build_model, dummy_batch
 
@@ -53,6 +53,9 @@ class Setup:
   state_shardings: Any
   abstract_state: Any
   batch_sharding: NamedSharding
+  # Forward FLOPs per example (flops.ForwardFlops) for the skippable-FLOPs sparsity metrics; None
+  # when the sparsity probe is off.
+  flops_info: Any = None
 
 
 def build_setup(config, devices: Optional[Sequence[Any]] = None, info: Any = None) -> Setup:
@@ -89,7 +92,8 @@ def build_setup(config, devices: Optional[Sequence[Any]] = None, info: Any = Non
   abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params,
               "opt_state": opt_abstract}
   return Setup(config, mesh, rules, info, model, tx, schedule, state_sh, abstract,
-               partitioning.batch_sharding(mesh, rules))
+               partitioning.batch_sharding(mesh, rules),
+               flops.forward_flops(model, info) if config.sparsity.enabled else None)
 
 
 def _check_batch_fits(config, model: Model, info, mesh, dp: int) -> None:
@@ -266,9 +270,10 @@ def to_global(batch: dict, sharding: NamedSharding) -> dict:
           for k, v in batch.items()}
 
 
-def window_metrics(window: dict, schedule, step: int,
-                   skip_nonfinite: bool = False) -> dict[str, float]:
-  """A fetched train window -> train/* and sparsity/train/* metrics.
+def window_metrics(window: dict, schedule, step: int, skip_nonfinite: bool = False,
+                   flops_info: Any = None) -> dict[str, float]:
+  """A fetched train window -> train/* and sparsity/train/* metrics (with `flops_info`, the
+  Setup's, also the skippable-FLOPs fractions).
 
   Raises TrainingDivergedError if a step in the window was non-finite and skipping is off; with
   skipping on, `train/skipped_updates` counts them and the other metrics cover the finite steps.
@@ -283,7 +288,8 @@ def window_metrics(window: dict, schedule, step: int,
   if skip_nonfinite:
     out["train/skipped_updates"] = float(int(window["nonfinite"]))
   if steps and window.get("sparsity"):
-    out.update(sparsity.metrics_from_stats(sparsity.flatten_stats(window["sparsity"]), "train"))
+    out.update(sparsity.metrics_from_stats(sparsity.flatten_stats(window["sparsity"]), "train",
+                                           flops_info))
   return out
 
 

@@ -91,7 +91,8 @@ def test_reported_fractions_equal_numpy_with_padding_excluded(activation, thresh
 
 
 def test_padding_does_not_change_the_counts():
-  """Appending padding tokens leaves every count (fire, tokens, nonzero) of every layer alone."""
+  """Appending padding tokens leaves every count (fire, tokens, nonzero, pre_pos_count) and sum
+  (pre_sum, pre_pos_sum) of every layer alone."""
   batch = padded_batch()
   _, state = run_and_capture(cfg(), batch)
   longer = dict(batch)
@@ -100,7 +101,7 @@ def test_padding_does_not_change_the_counts():
   _, state2 = run_and_capture(cfg(), longer)
   leaves = [jax.tree_util.tree_flatten_with_path(jax.device_get(st["sparsity"]))[0]
             for st in (state, state2)]
-  assert [k for k, _ in leaves[0]] == [k for k, _ in leaves[1]] and len(leaves[0]) == 3 * 4
+  assert [k for k, _ in leaves[0]] == [k for k, _ in leaves[1]] and len(leaves[0]) == 6 * 4
   masks = {"encoder": batch["encoder_input_tokens"] > 0,
            "decoder": batch["decoder_target_tokens"] > 0}
   for (path, a), (_, b) in zip(*leaves):
@@ -121,7 +122,11 @@ def test_padding_does_not_change_the_counts():
     near_zero = ((np.abs(pre[0]) <= 1e-4) & real[..., None]).sum(axis=(0, 1))
     if key.endswith("['fire']"):
       assert np.all(np.abs(np.asarray(a, np.int64) - np.asarray(b, np.int64)) <= near_zero), key
-    else:  # nonzero
+    elif key.endswith("sum']"):  # pre_sum, pre_pos_sum: each real entry moves by <= 1e-4, and
+      # each float32 sum rounds by <= (terms) * eps_f32 of the sum of |pre|: 1e-5 covers 80 terms.
+      entries = real.sum() * pre[0].shape[-1]
+      assert abs(float(a) - float(b)) <= 1e-4 * entries + 1e-5 * np.abs(pre[0][real]).sum(), key
+    else:  # nonzero, pre_pos_count
       assert abs(float(a) - float(b)) <= near_zero.sum(), key
   for st in (state, state2):  # and `nonzero` is the sum of `fire`, exactly, in both runs
     for layer_stats in jax.tree_util.tree_leaves(

@@ -1,7 +1,8 @@
 """Host-side summaries of the sparsity collection.
 
-The collection is a tree whose leaves are dicts {fire [d_ff], tokens [], nonzero []}, placed at the
-MLP block's module path. The layer name of a block is its path with a trailing `mlp` dropped:
+The collection is a tree whose leaves are dicts {fire [d_ff], tokens [], nonzero [], pre_sum [],
+pre_pos_sum [], pre_pos_count []} (models/mlp.py says what each sums), placed at the MLP block's
+module path. The layer name of a block is its path with a trailing `mlp` dropped:
 `encoder/layer_00/mlp` -> `encoder/layer_00`, `mixer/token_03` -> `mixer/token_03`. These names are
 the `<layer>` of the metric names `sparsity/<split>/<layer>/nonzero_frac`; `short_layer` is their
 short form in the progress line and the report's figures (`enc0`, `dec11`, `tok3`, `L3`).
@@ -16,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -33,17 +34,27 @@ LAZY_FIRING_RATE = 0.01
 class LayerStats:
   fire: np.ndarray   # int64 [d_ff]: tokens on which each neuron was nonzero
   tokens: int        # real tokens measured
+  # Sums of the pre-activations h = wi(x) over the same tokens (None: not in the collection, e.g.
+  # a window checkpointed before they were sown).
+  pre_sum: Optional[float] = None        # sum of h
+  pre_pos_sum: Optional[float] = None    # sum of max(h, 0)
+  pre_pos_count: Optional[float] = None  # entries with h > 0
 
   @property
   def d_ff(self) -> int:
     return int(self.fire.shape[0])
 
   @property
+  def entries(self) -> float:
+    """Activation-map entries measured: real tokens x d_ff."""
+    return float(self.tokens) * self.d_ff
+
+  @property
   def nonzero_frac(self) -> float:
     """Fraction of activation-map entries that are nonzero, over real tokens."""
     if self.tokens == 0:
       return float("nan")
-    return float(self.fire.sum(dtype=np.float64) / (float(self.tokens) * self.d_ff))
+    return float(self.fire.sum(dtype=np.float64) / self.entries)
 
   @property
   def firing_rate(self) -> np.ndarray:
@@ -56,10 +67,46 @@ class LayerStats:
     return float(np.mean(self.fire == 0))
 
   @property
+  def live_frac(self) -> float:
+    """Neurons that fired at least once on the measured tokens (1 - dead_frac)."""
+    return float(np.mean(self.fire > 0))
+
+  @property
+  def live_nonzero_frac(self) -> float:
+    """The nonzero fraction among live neurons only: sum(fire) / (tokens x live neurons). Dead
+    neurons contribute nothing to sum(fire), so this is nonzero_frac / live_frac: the sparsity that
+    is left once dead neurons are set aside. NaN when no neuron is live (or no token measured)."""
+    live = int(np.count_nonzero(self.fire))
+    if self.tokens == 0 or live == 0:
+      return float("nan")
+    return float(self.fire.sum(dtype=np.float64) / (float(self.tokens) * live))
+
+  @property
   def lazy_frac(self) -> float:
     """Neurons that fire, but on fewer than LAZY_FIRING_RATE of the tokens."""
     rate = self.firing_rate
     return float(np.mean((self.fire > 0) & (rate < LAZY_FIRING_RATE)))
+
+  @property
+  def preact_mean(self) -> float:
+    """Mean pre-activation over all measured entries."""
+    return _ratio(self.pre_sum, self.entries)
+
+  @property
+  def preact_pos_frac(self) -> float:
+    """Fraction of measured entries with a positive pre-activation."""
+    return _ratio(self.pre_pos_count, self.entries)
+
+  @property
+  def preact_pos_mean(self) -> float:
+    """Mean of the positive pre-activations (over those entries only)."""
+    return _ratio(self.pre_pos_sum, self.pre_pos_count)
+
+
+def _ratio(num: Optional[float], den: Optional[float]) -> float:
+  if num is None or den is None or not den:
+    return float("nan")
+  return float(num) / float(den)
 
 
 def unrolled_layer_name(scanned: str, index: int) -> str:
@@ -79,7 +126,7 @@ def _walk(tree: Mapping[str, Any], prefix: tuple[str, ...], out: dict[str, dict]
       return
     k = parts.index(SCANNED)
     scope, rest = parts[:k], parts[k + 1:]
-    stacked = {key: _leaf(tree[key]) for key in ("fire", "tokens")}
+    stacked = {key: _leaf(tree[key]) for key in _KEYS if key in tree}
     for i in range(stacked["tokens"].shape[0]):  # the leading layer axis
       name = scope + (unrolled_layer_name(rest[0] if rest else "", i),) + rest[1:]
       out["/".join(name)] = {key: value[i] for key, value in stacked.items()}
@@ -97,11 +144,20 @@ def _leaf(x) -> np.ndarray:
   return np.asarray(x)
 
 
+# The leaves LayerStats reads (`nonzero` is sum(fire), recomputed exactly on the host).
+_KEYS = ("fire", "tokens", "pre_sum", "pre_pos_sum", "pre_pos_count")
+
+
 def flatten_stats(tree: Mapping[str, Any]) -> dict[str, LayerStats]:
   """{layer name: LayerStats} from a (host) sparsity collection, ordered by layer name."""
   found: dict[str, dict] = {}
   _walk(tree, (), found)
-  return {name: LayerStats(fire=_leaf(d["fire"]).astype(np.int64), tokens=int(_leaf(d["tokens"])))
+  # The pre-activation sums stay float32 until here (in-graph over a train window, on the host over
+  # eval batches: a few hundred float32 adds, ~1e-5 relative at most); absent in older windows.
+  pre = lambda d, k: float(np.asarray(_leaf(d[k]), np.float64)) if k in d else None
+  return {name: LayerStats(fire=_leaf(d["fire"]).astype(np.int64), tokens=int(_leaf(d["tokens"])),
+                           pre_sum=pre(d, "pre_sum"), pre_pos_sum=pre(d, "pre_pos_sum"),
+                           pre_pos_count=pre(d, "pre_pos_count"))
           for name, d in sorted(found.items(), key=lambda kv: layer_sort_key(kv[0]))}
 
 
@@ -124,22 +180,77 @@ def short_layer(layer: str) -> str:
   return {"encoder": "enc", "decoder": "dec"}.get(scope.split("/")[0], "L") + idx
 
 
-def metrics_from_stats(stats: Mapping[str, LayerStats], split: str) -> dict[str, float]:
-  """The sparsity metrics of one split: `sparsity/<split>/<layer>/{nonzero,dead,lazy}_frac` and
-  their means over layers, `sparsity/<split>/mean/...`."""
+# Per-layer metrics: name -> LayerStats property. Each is also averaged over layers
+# (`sparsity/<split>/mean/<name>`, over the layers where it is defined).
+_LAYER_METRICS = ("nonzero_frac", "dead_frac", "lazy_frac", "live_frac", "live_nonzero_frac")
+_PREACT_METRICS = ("preact_mean", "preact_pos_frac", "preact_pos_mean")
+# Means that stay as they always were: NaN as soon as one layer's value is (no tokens measured).
+_MEAN_OVER_ALL = ("nonzero_frac", "dead_frac", "lazy_frac")
+
+
+def metrics_from_stats(stats: Mapping[str, LayerStats], split: str,
+                       flops_info: Any = None) -> dict[str, float]:
+  """The sparsity metrics of one split: `sparsity/<split>/<layer>/<metric>` for the metrics of
+  `_LAYER_METRICS` (and `_PREACT_METRICS` where the pre-activation sums were sown), and their means
+  over layers, `sparsity/<split>/mean/<metric>`.
+
+  With `flops_info` (`flops.ForwardFlops` of the model: its MLP layers' FLOPs and its forward
+  FLOPs per example), also the FLOPs that the measured zeros make skippable
+  (`flops_skippable_metrics`).
+  """
   out: dict[str, float] = {}
-  fracs, dead, lazy = [], [], []
+  values: dict[str, list[float]] = {}
   for layer, s in stats.items():
-    out[f"sparsity/{split}/{layer}/nonzero_frac"] = s.nonzero_frac
-    out[f"sparsity/{split}/{layer}/dead_frac"] = s.dead_frac
-    out[f"sparsity/{split}/{layer}/lazy_frac"] = s.lazy_frac
-    fracs.append(s.nonzero_frac)
-    dead.append(s.dead_frac)
-    lazy.append(s.lazy_frac)
-  if fracs:
-    out[f"sparsity/{split}/mean/nonzero_frac"] = float(np.mean(fracs))
-    out[f"sparsity/{split}/mean/dead_frac"] = float(np.mean(dead))
-    out[f"sparsity/{split}/mean/lazy_frac"] = float(np.mean(lazy))
+    names = _LAYER_METRICS + (_PREACT_METRICS if s.pre_sum is not None else ())
+    for name in names:
+      value = getattr(s, name)
+      out[f"sparsity/{split}/{layer}/{name}"] = value
+      values.setdefault(name, []).append(value)
+  for name, vals in values.items():
+    if name not in _MEAN_OVER_ALL:  # skip the layers where it is undefined (e.g. all neurons dead)
+      vals = [v for v in vals if not np.isnan(v)] or [float("nan")]
+    out[f"sparsity/{split}/mean/{name}"] = float(np.mean(vals))
+  if flops_info is not None:
+    out.update(flops_skippable_metrics(stats, split, flops_info))
+  return out
+
+
+def flops_skippable_metrics(stats: Mapping[str, LayerStats], split: str,
+                            flops_info: Any) -> dict[str, float]:
+  """The fraction of FLOPs that the measured zeros of the activation map make skippable.
+
+  The rule: a zero activation a[t, j] (at or below the probe threshold; after top-k when top-k is
+  on) multiplies row j of `wo`, so it skips the d_out multiply-adds of that row for token t; `wi`
+  computes the pre-activation before it is known to be zero, so nothing of it is skippable. Per
+  layer the skippable FLOPs are therefore (1 - nonzero_frac) x the layer's `wo` FLOPs (`wo` is
+  2 x rows x d_ff x d_out, split evenly over the rows' d_ff activations).
+
+  All FLOPs are those of one forward pass (inference, `flops.forward_flops`), counted at the
+  configured shapes: the zero fraction measured on real tokens stands for every position. The
+  probe sits before dropout, so dropout's zeros are not counted.
+
+    <layer>/mlp_flops_skippable_frac   skippable / (wi + wo) FLOPs of that layer
+    mlp_flops_skippable_frac           sum over layers of skippable / sum of all MLP FLOPs
+    model_flops_skippable_frac         sum over layers of skippable / the forward pass's FLOPs
+
+  Layers of `flops_info` without statistics (none when the collection is the model's) leave the
+  two totals out rather than understate them.
+  """
+  out: dict[str, float] = {}
+  skippable = mlp = 0.0
+  complete = True
+  for layer, f in flops_info.mlp.items():
+    s = stats.get(layer)
+    if s is None or s.tokens == 0:
+      complete = False
+      continue
+    skip = (1.0 - s.nonzero_frac) * f.wo
+    out[f"sparsity/{split}/{layer}/mlp_flops_skippable_frac"] = skip / (f.wi + f.wo)
+    skippable += skip
+    mlp += f.wi + f.wo
+  if complete and mlp:
+    out[f"sparsity/{split}/mlp_flops_skippable_frac"] = skippable / mlp
+    out[f"sparsity/{split}/model_flops_skippable_frac"] = skippable / flops_info.total
   return out
 
 
