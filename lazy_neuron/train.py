@@ -279,7 +279,7 @@ def _loop(config, workdir, setup, stream, stop_after, stop_requests, steps, ckpt
       final = step == config.total_steps
       if step % config.log_every_steps == 0 or final:
         pending.add(step, window, lambda w, st=step: steps_lib.window_metrics(
-            w, setup.schedule, st, skip_nonfinite))
+            w, setup.schedule, st, skip_nonfinite, flops_info=setup.flops_info))
         window = steps.zero_window()
       # All processes must stop at the same step. With several processes that takes an all-gather,
       # which waits for the step in flight: ask only at log steps, not every step.

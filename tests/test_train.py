@@ -162,6 +162,9 @@ def test_every_config_trains_with_runlocal(path, tmp_path):
   names = [k for r in rows for k in r if k.startswith("sparsity/train/")]
   assert any(k.endswith("/nonzero_frac") for k in names)
   assert any(k.endswith("/dead_frac") for k in names)
+  # The trainer passes the model's FLOP counts: both splits report the skippable fractions.
+  for split in ("train", "eval"):
+    assert any(f"sparsity/{split}/model_flops_skippable_frac" in r for r in rows), split
   assert glob.glob(str(tmp_path / "sparsity" / "step_*.npz"))
   assert json.load(open(tmp_path / "config.json"))["model"]["name"] == config.model.name
 
