@@ -11,6 +11,7 @@ import pytest
 
 from lazy_neuron import config_lib, evaluate, flops, sparsity, steps as steps_lib
 from lazy_neuron.models import build_model, dummy_batch, stack_layers
+from test_sparsity import padded_batch as padded_t5_batch  # one padded T5 batch for both files
 
 EPS32 = float(np.finfo(np.float32).eps)
 T5_INFO = types.SimpleNamespace(task="span_corruption", vocab_size=200, inputs_length=20,
@@ -27,20 +28,6 @@ def cfg(name="t5", **kw):
     d.update(mlp_dim=256, emb_dim=64, num_heads=2, head_dim=32)
   d.update(kw)
   return ml_collections.ConfigDict(d)
-
-
-def padded_t5_batch(seed=0):
-  rng = np.random.default_rng(seed)
-  b = {"encoder_input_tokens": rng.integers(2, 200, (4, 20)).astype(np.int32),
-       "decoder_input_tokens": rng.integers(2, 200, (4, 6)).astype(np.int32),
-       "decoder_target_tokens": rng.integers(2, 200, (4, 6)).astype(np.int32)}
-  for i, n in enumerate([0, 5, 11, 19]):
-    if n:
-      b["encoder_input_tokens"][i, -n:] = 0
-  for i, n in enumerate([0, 2, 6, 3]):
-    if n:
-      b["decoder_target_tokens"][i, -n:] = 0
-  return b
 
 
 def t5_masks(batch):

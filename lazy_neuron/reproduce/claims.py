@@ -14,7 +14,10 @@ vision issue and are not registered.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
+import pathlib
 from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -38,6 +41,15 @@ TOPK_SAME = 1.02              # Top-k "matches": eval loss within 2% of the dens
 TOPK_WORSE = 1.05             # clearly worse: more than 5% higher
 
 MEAN_NZ = "sparsity/{split}/mean/nonzero_frac"
+
+# Each rule in words (printed with its verdict) lives in rules.json as a template filled from the
+# constants of this module, so the margins are written once, here, and the words cannot disagree
+# with the code.
+_RULE_TEXTS = json.loads(pathlib.Path(__file__).with_name("rules.json").read_text())
+
+
+def _rule_text(key: str) -> str:
+  return _RULE_TEXTS[key].format(**globals(), HALF_DROP=DROP / 2)
 
 Verdict = tuple[str, str, dict]
 Judge = Callable[[Mapping[str, Run]], Verdict]
@@ -139,6 +151,37 @@ def _verdict(verdict: str, rule: str, evidence: dict, reason: Optional[str] = No
   return verdict, rule, evidence
 
 
+def _decide(bad: bool, ok: bool, rule: str, evidence: dict, reason: str) -> Verdict:
+  """The verdict of a rule's two conditions: refuted wins over supported; neither is inconclusive."""
+  if bad:
+    return _verdict(REFUTED, rule, evidence)
+  if ok:
+    return _verdict(SUPPORTED, rule, evidence)
+  return _verdict(INCONCLUSIVE, rule, evidence, reason)
+
+
+C9_MLP = "sparsity/eval/mlp_flops_skippable_frac"
+C9_MODEL = "sparsity/eval/model_flops_skippable_frac"
+C1_RULE = _rule_text("C1")
+C3_RULE = _rule_text("C3")
+C4_RULE = _rule_text("C4")
+C5_RULE = _rule_text("C5")
+C8_RULE = _rule_text("C8")
+C9_RULE = _rule_text("C9")
+C10_RULE = _rule_text("C10")
+C14_RULE = _rule_text("C14")
+
+
+def _checked(rule: str) -> Callable[[Judge], Judge]:
+  """A judge that first refuses to decide on no runs at all (`_need`)."""
+  def wrap(judge: Judge) -> Judge:
+    @functools.wraps(judge)
+    def checked(runs: Mapping[str, Run]) -> Verdict:
+      return _need(runs, rule) or judge(runs)
+    return checked
+  return wrap
+
+
 def _need(runs: Mapping[str, Run], rule: str) -> Optional[Verdict]:
   """An inconclusive verdict when no run was given (a rule never decides on nothing)."""
   if not runs:
@@ -146,22 +189,21 @@ def _need(runs: Mapping[str, Run], rule: str) -> Optional[Verdict]:
   return None
 
 
+def _each_sparsified(runs: Mapping[str, Run], evidence: dict, split: str = "eval"):
+  """(name, run, `sparsified` status, its evidence) per run, in name order; records the evidence."""
+  for name, run in sorted(runs.items()):
+    status, ev = sparsified(run, split)
+    evidence[name] = ev
+    yield name, run, status, ev
+
+
 # ================================================================================================
 # Rules
 # ================================================================================================
-C1_RULE = (f"For every run, the eval mean nonzero fraction at step 0 lies in [{INIT_BAND[0]}, "
-           f"{INIT_BAND[1]}] and the final one is below it by more than {DROP} -> supported. "
-           f"Some run starts outside [{INIT_REFUTE[0]}, {INIT_REFUTE[1]}] or ends at or above its "
-           "start -> not supported. Otherwise (or no step-0 and later evaluation) -> inconclusive.")
-
-
+@_checked(C1_RULE)
 def judge_c1(runs: Mapping[str, Run]) -> Verdict:
-  if (v := _need(runs, C1_RULE)):
-    return v
   evidence, ok, bad = {}, True, False
-  for name, run in sorted(runs.items()):
-    status, ev = sparsified(run)
-    evidence[name] = ev
+  for name, run, status, ev in _each_sparsified(runs, evidence):
     if "start_nonzero" not in ev:
       ok = False
       continue
@@ -169,28 +211,16 @@ def judge_c1(runs: Mapping[str, Run]) -> Verdict:
     in_band = INIT_BAND[0] <= start <= INIT_BAND[1]
     bad |= status == "no" or not INIT_REFUTE[0] <= start <= INIT_REFUTE[1]
     ok &= in_band and status == "yes"
-  if bad:
-    return _verdict(REFUTED, C1_RULE, evidence)
-  if ok:
-    return _verdict(SUPPORTED, C1_RULE, evidence)
-  return _verdict(INCONCLUSIVE, C1_RULE, evidence,
-                  f"some run fell by {DROP} or less, or has no step-0 and later evaluation")
-
-
-C3_RULE = (f"For every run: every layer's final eval nonzero fraction is below its step-0 value by "
-           f"more than {DROP}, and in each stack (encoder, decoder, ...) the first layer's final "
-           "value is the largest of the stack -> supported. Some layer ends at or above its step-0 "
-           f"value, or some layer of a stack ends denser than the stack's first layer by more than "
-           f"{ORDER_MARGIN} -> not supported. Otherwise -> inconclusive.")
+  return _decide(bad, ok, C1_RULE, evidence,
+                 f"some run fell by {DROP} or less, or has no step-0 and later evaluation")
 
 
 def _stack(layer: str) -> str:
   return layer.rsplit("/", 1)[0] if "/" in layer else ""
 
 
+@_checked(C3_RULE)
 def judge_c3(runs: Mapping[str, Run]) -> Verdict:
-  if (v := _need(runs, C3_RULE)):
-    return v
   evidence, ok, bad = {}, True, False
   for name, run in sorted(runs.items()):
     layers = run.layers("eval")
@@ -216,29 +246,15 @@ def judge_c3(runs: Mapping[str, Run]) -> Verdict:
       ok &= all(finals[first] > finals[m] for m in rest)
       bad |= any(finals[m] > finals[first] + ORDER_MARGIN for m in rest)
     evidence[name] = ev
-  if bad:
-    return _verdict(REFUTED, C3_RULE, evidence)
-  if ok:
-    return _verdict(SUPPORTED, C3_RULE, evidence)
-  return _verdict(INCONCLUSIVE, C3_RULE, evidence,
-                  f"some layer fell by {DROP} or less, or a first layer is not strictly densest")
+  return _decide(bad, ok, C3_RULE, evidence,
+                 f"some layer fell by {DROP} or less, or a first layer is not strictly densest")
 
 
-C4_RULE = (f"For every run, the eval mean nonzero fraction fell by more than {DROP} from step 0 "
-           f"(so that the comparison is not 50% vs 50%) and the final train and eval mean nonzero "
-           f"fractions differ by at most {TRAIN_EVAL_SAME} -> supported. Some run's final train and "
-           f"eval values differ by more than {TRAIN_EVAL_DIFFERENT} -> not supported. Otherwise -> "
-           "inconclusive. (The train value is the mean over the last logging window.)")
-
-
+@_checked(C4_RULE)
 def judge_c4(runs: Mapping[str, Run]) -> Verdict:
-  if (v := _need(runs, C4_RULE)):
-    return v
   evidence, ok, bad = {}, True, False
-  for name, run in sorted(runs.items()):
-    status, ev = sparsified(run)
+  for name, run, status, ev in _each_sparsified(runs, evidence):
     train = run.final(MEAN_NZ.format(split="train"))
-    evidence[name] = ev
     if not math.isfinite(train) or "final_nonzero" not in ev:
       ok = False
       continue
@@ -246,21 +262,8 @@ def judge_c4(runs: Mapping[str, Run]) -> Verdict:
     ev.update(final_train_nonzero=_r(train), train_eval_gap=_r(gap))
     ok &= status == "yes" and gap <= TRAIN_EVAL_SAME
     bad |= gap > TRAIN_EVAL_DIFFERENT
-  if bad:
-    return _verdict(REFUTED, C4_RULE, evidence)
-  if ok:
-    return _verdict(SUPPORTED, C4_RULE, evidence)
-  return _verdict(INCONCLUSIVE, C4_RULE, evidence,
-                  "some run did not become sparse, or its train/eval gap is between the margins")
-
-
-C5_RULE = (f"Every run's eval mean nonzero fraction fell by more than {DROP} from step 0, and the "
-           "final eval mean nonzero fraction decreases by more than "
-           f"{ORDER_MARGIN} with each step up in width at every depth and with each step up in "
-           "depth at every width -> supported. All runs became sparse and some wider or deeper "
-           f"model ends denser by more than {ORDER_MARGIN} -> not supported. Otherwise -> "
-           "inconclusive. Depth = encoder + decoder layers, width = d_ff, read from each run's "
-           "config.json.")
+  return _decide(bad, ok, C4_RULE, evidence,
+                 "some run did not become sparse, or its train/eval gap is between the margins")
 
 
 def _depth_width(run: Run) -> tuple[Optional[int], Optional[int]]:
@@ -271,9 +274,8 @@ def _depth_width(run: Run) -> tuple[Optional[int], Optional[int]]:
   return depth, run.cfg("model.mlp_dim")
 
 
+@_checked(C5_RULE)
 def judge_c5(runs: Mapping[str, Run]) -> Verdict:
-  if (v := _need(runs, C5_RULE)):
-    return v
   grid: dict[tuple[int, int], float] = {}
   evidence: dict = {}
   all_sparse = True
@@ -336,21 +338,11 @@ C7_RULE = _all_sparsify_rule("2-layer MLP on fresh Gaussian inputs with random l
 judge_c6 = _judge_all_sparsify(C6_RULE, "eval")
 judge_c7 = _judge_all_sparsify(C7_RULE, "train")
 
-C8_RULE = (f"For every run, the eval activation maps became sparse (mean nonzero fell by more than "
-           f"{DROP}) and the final mean over layers of live_nonzero_frac (nonzero fraction among "
-           f"neurons that fire at all) is still below its step-0 value by more than {DROP} -> "
-           "supported: the sparsity is not made of dead neurons. Some run's final live_nonzero_frac "
-           "is at or above its step-0 value (all the sparsity comes from dead neurons) -> not "
-           "supported. Otherwise, or metric live_nonzero_frac not recorded -> inconclusive.")
 
-
+@_checked(C8_RULE)
 def judge_c8(runs: Mapping[str, Run]) -> Verdict:
-  if (v := _need(runs, C8_RULE)):
-    return v
   evidence, ok, bad = {}, True, False
-  for name, run in sorted(runs.items()):
-    status, ev = sparsified(run)
-    evidence[name] = ev
+  for name, run, status, ev in _each_sparsified(runs, evidence):
     steps, live = _layer_mean(run, "live_nonzero_frac")
     if len(steps) < 2 or steps[0] != 0:
       return _verdict(INCONCLUSIVE, C8_RULE, evidence,
@@ -360,25 +352,11 @@ def judge_c8(runs: Mapping[str, Run]) -> Verdict:
               final_dead_frac=_r(run.final("sparsity/eval/mean/dead_frac")))
     ok &= status == "yes" and live[-1] < live[0] - DROP
     bad |= live[-1] >= live[0]
-  if bad:
-    return _verdict(REFUTED, C8_RULE, evidence)
-  if ok:
-    return _verdict(SUPPORTED, C8_RULE, evidence)
-  return _verdict(INCONCLUSIVE, C8_RULE, evidence, f"some live-neuron fall is {DROP} or less")
+  return _decide(bad, ok, C8_RULE, evidence, f"some live-neuron fall is {DROP} or less")
 
 
-C9_MLP = "sparsity/eval/mlp_flops_skippable_frac"
-C9_MODEL = "sparsity/eval/model_flops_skippable_frac"
-C9_RULE = (f"For every run, the final eval {C9_MLP} exceeds its step-0 value by more than "
-           f"{DROP / 2} (half of a {DROP} fall in nonzero: only the second MLP matmul can skip "
-           f"zeros) and {C9_MODEL} is larger at the end than at step 0 -> supported. Some run's "
-           f"final {C9_MLP} is at or below its step-0 value -> not supported. Otherwise, or the "
-           "metrics not recorded -> inconclusive.")
-
-
+@_checked(C9_RULE)
 def judge_c9(runs: Mapping[str, Run]) -> Verdict:
-  if (v := _need(runs, C9_RULE)):
-    return v
   evidence, ok, bad = {}, True, False
   for name, run in sorted(runs.items()):
     mlp, model = _start_final(run, C9_MLP), _start_final(run, C9_MODEL)
@@ -391,23 +369,11 @@ def judge_c9(runs: Mapping[str, Run]) -> Verdict:
                       "final_model_skippable": _r(model[3])}
     ok &= mlp[3] > mlp[1] + DROP / 2 and model[3] > model[1]
     bad |= mlp[3] <= mlp[1]
-  if bad:
-    return _verdict(REFUTED, C9_RULE, evidence)
-  if ok:
-    return _verdict(SUPPORTED, C9_RULE, evidence)
-  return _verdict(INCONCLUSIVE, C9_RULE, evidence, f"some gain is {DROP / 2} or less")
+  return _decide(bad, ok, C9_RULE, evidence, f"some gain is {DROP / 2} or less")
 
 
-C10_RULE = (f"The dense run (model.topk unset) learned (final eval loss at least {LEARNED:.0%} "
-            "below its step-0 value) and every Top-k run's final eval loss is at most "
-            f"{TOPK_SAME} x the dense run's -> supported. A Top-k run's final eval loss is more "
-            f"than {TOPK_WORSE} x the dense run's (with the dense run having learned) -> not "
-            "supported. Otherwise -> inconclusive.")
-
-
+@_checked(C10_RULE)
 def judge_c10(runs: Mapping[str, Run]) -> Verdict:
-  if (v := _need(runs, C10_RULE)):
-    return v
   dense = [n for n, r in sorted(runs.items()) if not r.cfg("model.topk")]
   topk = [n for n, r in sorted(runs.items()) if r.cfg("model.topk")]
   if len(dense) != 1 or not topk:
@@ -436,17 +402,8 @@ def judge_c10(runs: Mapping[str, Run]) -> Verdict:
                   f"a loss ratio is between {TOPK_SAME} and {TOPK_WORSE}")
 
 
-C14_RULE = ("For every run, between step 0 and the first evaluation after it, the mean over layers "
-            "of the eval preact_mean (mean pre-activation) falls and of preact_pos_frac (fraction "
-            f"of positive pre-activations) falls by more than {ORDER_MARGIN} -> supported: the "
-            "push towards negative pre-activations is there from the first steps. Some run's "
-            "preact_pos_frac does not fall at all by then -> not supported. Otherwise, or the "
-            "metrics not recorded -> inconclusive.")
-
-
+@_checked(C14_RULE)
 def judge_c14(runs: Mapping[str, Run]) -> Verdict:
-  if (v := _need(runs, C14_RULE)):
-    return v
   evidence, ok, bad = {}, True, False
   for name, run in sorted(runs.items()):
     got = {}
@@ -462,19 +419,14 @@ def judge_c14(runs: Mapping[str, Run]) -> Verdict:
                       "preact_pos_frac": [_r(p0), _r(p1)]}
     ok &= m1 < m0 and p1 < p0 - ORDER_MARGIN
     bad |= p1 >= p0
-  if bad:
-    return _verdict(REFUTED, C14_RULE, evidence)
-  if ok:
-    return _verdict(SUPPORTED, C14_RULE, evidence)
-  return _verdict(INCONCLUSIVE, C14_RULE, evidence,
-                  f"an early fall is within {ORDER_MARGIN}, or the mean did not fall")
+  return _decide(bad, ok, C14_RULE, evidence,
+                 f"an early fall is within {ORDER_MARGIN}, or the mean did not fall")
 
 
 # ================================================================================================
 # The length guard, applied to every rule
 # ================================================================================================
-LENGTH_RULE = (f" Any rule: a run whose metrics end before step {MIN_STEPS} decides nothing (too "
-               "short for sparsity to emerge or for a loss to mean anything) -> inconclusive.")
+LENGTH_RULE = _rule_text("LENGTH")
 
 
 def length_guarded(judge: Judge) -> Judge:
