@@ -36,7 +36,8 @@ def base_config(*, model: dict, data: ml_collections.ConfigDict, optimizer: dict
       topk=_placeholder(int), topk_backend="auto", dtype="float32", dropout_rate=0.0, remat=False,
       # None = auto: scan every variant but tiny (models/stacking.py). Untyped, so that a bad value
       # reaches the model's check and its one-line message.
-      scan_layers=None))
+      scan_layers=None,
+      attention="auto"))  # auto | xla | cudnn (models/common.py)
   for key, value in model.items():
     c.model[key] = value
   c.data = data

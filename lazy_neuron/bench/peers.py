@@ -177,6 +177,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--peer-device", "--peer_device", default="cuda", choices=("cuda", "cpu"))
   parser.add_argument("--peer-compile", "--peer_compile", default="true", choices=("true", "false"))
   parser.add_argument("--out", default=None)
+  parser.add_argument("--profile", default=None, metavar="DIR",
+                      help="our side: trace 5 steps per variant into DIR (bench train --profile)")
   parser.epilog = "--config.KEY=VALUE overrides a key of our config (after the peer recipe's)."
   try:
     args, overrides = flags.parse(parser, argv[1:], config_overrides=True)
@@ -222,7 +224,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ours = _run_side("our side (bench train)", ours_json, [
         py, "-m", "lazy_neuron.cli", "bench", "train", f"--config={config}",
         f"--synthetic={synthetic}", f"--variants={','.join(names)}", f"--steps={args.steps}",
-        f"--warmup={args.warmup}", f"--out={ours_json}", *[f"--{o}" for o in ours_overrides]])
+        f"--warmup={args.warmup}", f"--out={ours_json}",
+        *([f"--profile={args.profile}"] if args.profile else []),
+        *[f"--{o}" for o in ours_overrides]])
     if ours is None:
       return 1
     peer = None

@@ -187,8 +187,8 @@ def _time_pipeline(step, setup, config, state, window, warmup: int, steps: int) 
           "pipeline_startup_s": startup_s, "pipeline_warmup_steps": warmup}
 
 
-def time_variant(config, warmup: int, steps: int, info=None, pipeline_warmup: Optional[int] = None
-                 ) -> dict:
+def time_variant(config, warmup: int, steps: int, info=None, pipeline_warmup: Optional[int] = None,
+                 profile_dir: Optional[str] = None) -> dict:
   from clu import parameter_overview
   from lazy_neuron import steps as steps_lib
   from lazy_neuron.models import dummy_batch
@@ -225,6 +225,16 @@ def time_variant(config, warmup: int, steps: int, info=None, pipeline_warmup: Op
       state, window = step(state, window, batch)
     jax.block_until_ready((state, window))
     dt = (time.perf_counter() - t0) / steps
+    prof = {}
+    if profile_dir is not None:
+      from lazy_neuron.bench import profile
+
+      def run_steps(n):
+        nonlocal state, window
+        for _ in range(n):
+          state, window = step(state, window, batch)
+        jax.block_until_ready((state, window))
+      prof = {"profile": profile.profile_steps(run_steps, min(steps, 5), profile_dir)}
     fed = {} if pipeline_warmup is None else _time_pipeline(step, setup, config, state, window,
                                                              pipeline_warmup, steps)
   n_params = int(parameter_overview.count_parameters(setup.abstract_state["params"]))
@@ -243,7 +253,7 @@ def time_variant(config, warmup: int, steps: int, info=None, pipeline_warmup: Op
           **count.to_json(),
           "tflops_per_s": tflops, "mfu": mfu, "mfu_peak": peak_note,
           "peak_bytes_per_device": _peak_bytes(), "step_bytes_per_device": _step_bytes(step),
-          **fed}
+          **prof, **fed}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -261,6 +271,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="pipeline: also time the step fed by the config's input pipeline")
   parser.add_argument("--pipeline-warmup", "--pipeline_warmup", type=int, default=50,
                       help="pipeline-fed steps before timing (drains what was prefetched)")
+  parser.add_argument("--profile", default=None, metavar="DIR",
+                      help="also trace 5 steps of each variant into DIR/<variant> (jax.profiler) "
+                      "and print the device time by op class")
   parser.epilog = "--config.KEY=VALUE overrides a config key of every variant."
   try:
     args, overrides = flags.parse(parser, argv[1:], config_overrides=True)
@@ -268,6 +281,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     checks.integer("--warmup", args.warmup, min=0)
     checks.integer("--pipeline-warmup", args.pipeline_warmup, min=0)
     check_out("--out", args.out)
+    if args.profile is not None and os.path.exists(args.profile) and not os.path.isdir(args.profile):
+      raise checks.fail("--profile", args.profile, "give a folder for the traces")
     info = synthetic_info(args.synthetic)
     if args.input == "pipeline" and info is not None:
       raise UserError("--input=pipeline reads the config's data; it cannot be combined with "
@@ -282,8 +297,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                           info is not None)) for name in names]
     rows = []
     for name, config in configs:
+      trace_dir = None if args.profile is None else os.path.join(args.profile, name)
       rows.append({"variant": name, **time_variant(config, args.warmup, args.steps, info,
-                                                   pipeline_warmup)})
+                                                   pipeline_warmup, trace_dir)})
   except UserError as e:
     return errors.report(e)
   env = environment()
@@ -291,6 +307,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   print(f"config {args.config} {' '.join(overrides)} on {hw['num_devices']} x "
         f"{hw['device_kind']} ({hw['platform']})")
   print_table(rows)
+  for r in rows:
+    if "profile" in r:
+      from lazy_neuron.bench import profile
+      profile.print_profile(r["variant"], r["profile"])
   if args.input == "pipeline":
     print(f"\nfed by the input pipeline ({args.pipeline_warmup} steps to drain the prefetch, then "
           f"{args.steps} timed)")

@@ -14,7 +14,8 @@ from lazy_neuron import checks
 from lazy_neuron.errors import UserError
 from lazy_neuron.models import mixer, t5, two_layer, vit
 from lazy_neuron.models.activations import ACTIVATIONS
-from lazy_neuron.models.common import MlpSettings, get_dtype, model_config
+from lazy_neuron.models.common import (MlpSettings, cudnn_attention_applies, get_dtype,
+                                       model_config)
 from lazy_neuron.models.mlp import SPARSITY, MlpBlock
 from lazy_neuron.models.stacking import (LAYERS, resolve_scan_layers, stack_layers, to_layout,
                                          unstack_layers)
@@ -84,6 +85,11 @@ def build_model(model_cfg, data_info, measure: bool = True) -> Model:
       if settings.topk > d_ff:
         raise checks.fail("model.topk", settings.topk,
                           f"use 1 <= topk <= {d_ff} for an MLP of width {d_ff}, or None for dense")
+  if cfg.attention == "cudnn" and hasattr(cfg, "num_heads"):  # checked here, before any work
+    head_dim = getattr(cfg, "head_dim", None) or cfg.width // cfg.num_heads
+    why_not = cudnn_attention_applies(dtype, head_dim, cfg.dropout_rate > 0)
+    if why_not is not None:
+      raise checks.fail("model.attention", "cudnn", f"{why_not}; use auto or xla")
   if name == "t5":
     # T5 pads its vocabulary to a multiple of 128 (32100 -> 32128): shardable over any mesh axis
     # that divides 128, and MXU/tensor-core friendly. The extra ids are never targets.

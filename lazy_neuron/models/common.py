@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from lazy_neuron import checks
 
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -38,6 +39,10 @@ class ModelConfig:
   remat: bool = False  # rematerialise each layer in the backward pass (memory for compute)
   # Compile one layer and scan it (models/stacking.py); None = False (unrolled: faster steps).
   scan_layers: Optional[bool] = None
+  # How attention is computed (models without attention ignore it): "auto" = cuDNN's fused
+  # (flash) attention where it applies (an NVIDIA GPU, bf16/fp16, head size <= 128, no attention
+  # dropout), else "xla"; "xla" = XLA's own ops; "cudnn" = cuDNN, an error where it cannot run.
+  attention: str = "auto"
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
@@ -50,6 +55,7 @@ class ModelConfig:
       elif kind == "float":
         checks.number(name, value)
     check_scan_layers(self.scan_layers)
+    checks.choice("model.attention", self.attention, ATTENTION_IMPLEMENTATIONS)
     if not 0.0 <= self.dropout_rate < 1.0:  # rate 1 drops everything: nothing could be learned
       raise checks.fail("model.dropout_rate", self.dropout_rate, "use a number >= 0 and < 1")
 
@@ -144,12 +150,38 @@ def layer_norm(name: str, dtype, param_dtype) -> nn.LayerNorm:
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
 
 
+def cudnn_attention_applies(dtype, head_dim: int, dropout: bool) -> Optional[str]:
+  """None when cuDNN's fused attention can run here, else why not (in words)."""
+  if jax.default_backend() != "gpu" or "NVIDIA" not in jax.devices()[0].device_kind.upper():
+    return f"it needs an NVIDIA GPU (this backend is {jax.default_backend()})"
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return f"it needs model.dtype bfloat16 or float16 (not {jnp.dtype(dtype).name})"
+  if head_dim > 128 or head_dim % 8:
+    return f"it needs a head size <= 128 and a multiple of 8 (not {head_dim})"
+  if dropout:
+    return "it has no attention dropout here (model.dropout_rate > 0 in training)"
+  return None
+
+
+def attention_lengths(token_mask: jax.Array) -> jax.Array:
+  """[B] int32 number of real tokens per row of a [B, L] mask whose padding is at the end (our
+  pipelines pad at the end), at least 1: a row with no real token (a padded eval example, its loss
+  weight 0) attends to its first position instead of to nothing, which would give NaNs."""
+  return jnp.maximum(jnp.sum(token_mask.astype(jnp.int32), axis=-1), 1).astype(jnp.int32)
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head dot-product attention with logical axes on every kernel.
 
   Kernels are stored 3-D ([embed, heads, kv] and [heads, kv, embed]) so that heads can be sharded.
   `query_scale_in_init=True` is T5's convention (no 1/sqrt(d) at runtime; folded into q's init).
   `init_scale` multiplies the fan-in variance-scaling init (T5: normal; ViT: xavier-like uniform).
+
+  Masking is given twice, for the two ways of computing the same thing: `mask` ([B, 1|H, Lq, Lk]
+  booleans) for XLA's ops, and `lengths` (query and key lengths, [B] int32 each, padding at the
+  end) plus `causal` for the fused kernel, which never materialises the [B, H, Lq, Lk] scores.
+  Outputs at padded query positions differ between the two (they are never used: every loss and
+  statistic masks them); real positions agree to float tolerance (tests/test_attention.py).
   """
   num_heads: int
   head_dim: int
@@ -159,6 +191,7 @@ class MultiHeadAttention(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   distribution: str = "normal"
+  implementation: str = "auto"  # model.attention; "fused_xla": the fused API on XLA (tests)
 
   def _kernel(self, name, shape, in_axis, out_axis, axes, scale=1.0):
     mode = "fan_avg" if self.distribution == "uniform" else "fan_in"
@@ -170,8 +203,23 @@ class MultiHeadAttention(nn.Module):
     return self.param(name, nn.with_logical_partitioning(nn.initializers.zeros, axes), shape,
                       self.param_dtype)
 
+  def _fused(self, deterministic: bool) -> Optional[str]:
+    """The implementation name for jax.nn.dot_product_attention, or None for our XLA ops."""
+    if self.implementation == "fused_xla":
+      return "xla"
+    if self.implementation == "xla":
+      return None
+    why_not = cudnn_attention_applies(self.dtype, self.head_dim,
+                                      self.dropout_rate > 0 and not deterministic)
+    if why_not is None:
+      return "cudnn"
+    if self.implementation == "cudnn":
+      raise checks.fail("model.attention", "cudnn", f"{why_not}; use auto or xla")
+    return None
+
   @nn.compact
-  def __call__(self, q_in, kv_in, mask=None, bias=None, deterministic=True):
+  def __call__(self, q_in, kv_in, mask=None, bias=None, deterministic=True, lengths=None,
+               causal=False):
     features = q_in.shape[-1]
     h, d = self.num_heads, self.head_dim
 
@@ -187,16 +235,26 @@ class MultiHeadAttention(nn.Module):
     k = proj("key", kv_in)
     v = proj("value", kv_in)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
-    if not self.query_scale_in_init:
-      q = q * jnp.asarray(d ** -0.5, q.dtype)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    if bias is not None:
-      logits = logits + bias
-    if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    scale = 1.0 if self.query_scale_in_init else d ** -0.5
+    fused = self._fused(deterministic)
+    if fused is not None:
+      if mask is not None and lengths is None:
+        raise ValueError("the fused attention needs `lengths` where a mask is given")
+      q_len, kv_len = (None, None) if lengths is None else lengths
+      out = jax.nn.dot_product_attention(
+          q, k, v, bias=None if bias is None else bias.astype(self.dtype), scale=scale,
+          is_causal=causal, query_seq_lengths=q_len, key_value_seq_lengths=kv_len,
+          implementation=fused)
+    else:
+      logits = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(scale, q.dtype), k,
+                          preferred_element_type=jnp.float32)
+      if bias is not None:
+        logits = logits + bias
+      if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+      weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
+      out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
     wo = self._kernel("out_kernel", (h, d, features), (0, 1), 2, ("heads", "kv", "embed"))
     y = jnp.einsum("bqhd,hde->bqe", out, wo.astype(self.dtype))
     if self.use_bias:

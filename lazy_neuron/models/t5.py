@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lazy_neuron.models.common import (Configured, ModelConfig, MultiHeadAttention, rms_norm,
-                                       variant_table)
+from lazy_neuron.models.common import (Configured, ModelConfig, MultiHeadAttention,
+                                       attention_lengths, rms_norm, variant_table)
 from lazy_neuron.models.mlp import MlpBlock
 from lazy_neuron.models.stacking import apply_stack
 
@@ -116,7 +116,8 @@ def _dropout(x, rate: float, deterministic: bool):
 def _attention(layer: Configured, name: str) -> MultiHeadAttention:
   c = layer.cfg
   return MultiHeadAttention(c.num_heads, c.head_dim, dropout_rate=c.dropout_rate,
-                            query_scale_in_init=True, dtype=layer.dtype, name=name)
+                            query_scale_in_init=True, dtype=layer.dtype,
+                            implementation=c.attention, name=name)
 
 
 def _residual(layer: Configured, x, norm_name: str, branch, deterministic: bool):
@@ -145,11 +146,12 @@ def _layer_input(x):
 class EncoderLayer(Configured):
 
   @nn.compact
-  def __call__(self, x, mask, bias, token_mask, deterministic):
+  def __call__(self, x, mask, bias, token_mask, lengths, deterministic):
     x = _layer_input(x)
     attend = _attention(self, "attention")
     x = _residual(self, x, "pre_attention_norm",
-                  lambda y: attend(y, y, mask=mask, bias=bias, deterministic=deterministic),
+                  lambda y: attend(y, y, mask=mask, bias=bias, deterministic=deterministic,
+                                   lengths=(lengths[0], lengths[0])),
                   deterministic)
     return _mlp_residual(self, x, token_mask, deterministic), None
 
@@ -157,15 +159,19 @@ class EncoderLayer(Configured):
 class DecoderLayer(Configured):
 
   @nn.compact
-  def __call__(self, x, enc, self_mask, cross_mask, bias, token_mask, deterministic):
+  def __call__(self, x, enc, self_mask, cross_mask, bias, token_mask, lengths, deterministic):
+    # lengths: (decoder, encoder) real-token counts, for the fused attention.
     x = _layer_input(x)
     attend_self = _attention(self, "self_attention")
     attend_enc = _attention(self, "cross_attention")
     x = _residual(self, x, "pre_self_attention_norm",
                   lambda y: attend_self(y, y, mask=self_mask, bias=bias,
-                                        deterministic=deterministic), deterministic)
+                                        deterministic=deterministic,
+                                        lengths=(lengths[0], lengths[0]), causal=True),
+                  deterministic)
     x = _residual(self, x, "pre_cross_attention_norm",
-                  lambda y: attend_enc(y, enc, mask=cross_mask, deterministic=deterministic),
+                  lambda y: attend_enc(y, enc, mask=cross_mask, deterministic=deterministic,
+                                       lengths=lengths),
                   deterministic)
     return _mlp_residual(self, x, token_mask, deterministic), None
 
@@ -189,9 +195,12 @@ class Stack(Configured):
       causal = jnp.tril(jnp.ones((length, length), bool))
       self_mask = self_mask & causal[None, None]
       cross_mask = valid[:, None, :, None] & enc_mask.astype(bool)[:, None, None, :]
-      layer_cls, args = DecoderLayer, (enc, self_mask, cross_mask, bias, token_mask, deterministic)
+      lengths = (attention_lengths(token_mask), attention_lengths(enc_mask))
+      layer_cls, args = DecoderLayer, (enc, self_mask, cross_mask, bias, token_mask, lengths,
+                                       deterministic)
     else:
-      layer_cls, args = EncoderLayer, (self_mask, bias, token_mask, deterministic)
+      lengths = (attention_lengths(token_mask),)
+      layer_cls, args = EncoderLayer, (self_mask, bias, token_mask, lengths, deterministic)
     x = _dropout(x, c.dropout_rate, deterministic)
     x = apply_stack(layer_cls, c, self.mlp, self.dtype, n, x, *args)
     x = rms_norm("final_norm", self.dtype)(x)

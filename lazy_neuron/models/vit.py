@@ -50,7 +50,8 @@ class EncoderBlock(Configured):
     c = self.cfg
     y = layer_norm("norm_attention", self.dtype, jnp.float32)(x)
     y = MultiHeadAttention(c.num_heads, c.width // c.num_heads, use_bias=True, dtype=self.dtype,
-                           distribution="uniform", name="attention")(
+                           distribution="uniform", implementation=c.attention,
+                           name="attention")(
                                y, y, deterministic=deterministic)
     x = x + nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
     y = layer_norm("norm_mlp", self.dtype, jnp.float32)(x)
