@@ -41,7 +41,7 @@ def _mha(q_len, kv_len, **kw):
     (False, False, False),  # ViT: 1/sqrt(d) at run time, no mask
 ])
 def test_fused_matches_xla_ops_at_real_positions(causal, with_bias, scale_in_init):
-  length = 12
+  length = 13  # odd: the fused path pads to an even length for cuDNN
   q_in, kv_in, q_valid, kv_valid, lengths = _mha(length, length if causal or with_bias else 16)
   if not scale_in_init:  # ViT: no padding at all
     q_valid, kv_valid = jnp.ones_like(q_valid), jnp.ones_like(kv_valid)
@@ -120,11 +120,12 @@ def test_cudnn_where_it_cannot_run_is_a_one_line_error(monkeypatch):
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs an NVIDIA GPU")
-@pytest.mark.parametrize("causal,with_bias", [(False, True), (True, True), (False, False)])
-def test_cudnn_matches_xla_ops_on_gpu(causal, with_bias):
+@pytest.mark.parametrize("causal,with_bias,length", [(False, True, 64), (True, True, 64),
+                                                     (False, False, 64), (False, False, 197)])
+def test_cudnn_matches_xla_ops_on_gpu(causal, with_bias, length):
   """bf16 inputs: cuDNN's flash attention (online softmax, bf16 probabilities for the second
-  matmul) against our ops (float32 softmax, bf16 probabilities): a few bf16 roundings apart."""
-  length = 64
+  matmul) against our ops (float32 softmax, bf16 probabilities): a few bf16 roundings apart.
+  197: ViT-B/16's odd length, which the fused path pads for cuDNN."""
   q_in, kv_in, q_valid, kv_valid, lengths = _mha(length, length if causal or with_bias else 80)
   mask = q_valid[:, None, :, None] & kv_valid[:, None, None, :]
   if causal:

@@ -7,8 +7,8 @@ The classes come from the kernel's and the HLO op's names, as XLA and the librar
 
 | class | what | recognised by |
 |---|---|---|
-| matmul | cuBLAS / CUTLASS / Triton GEMMs, XLA dots | gemm, xmma, nvjet, cutlass, wgmma, cublas, dot, conv |
-| attention | cuDNN fused (flash) attention | cudnn, fmha, flash |
+| matmul | cuBLAS / CUTLASS / Triton GEMMs, cuDNN convolutions, XLA dots | gemm, xmma, nvjet, cutlass, wgmma, cublas, dot, conv |
+| attention | cuDNN fused (flash) attention | fmha, flash, sdpa, attention |
 | top-k | the Pallas / Triton Top-k mask kernels | topk, pallas |
 | reduction | XLA reduction fusions (norms, softmax sums, the sparsity statistics, the loss) | input_*, reduce |
 | elementwise | XLA loop fusions (activations, residuals, casts, the optimizer update) | loop_*, fusion |
@@ -29,9 +29,9 @@ from typing import Callable
 import jax
 
 _CLASSES = (  # (class, pattern on "kernel name | hlo op"), first match wins
-    ("attention", re.compile(r"cudnn|fmha|flash", re.I)),
+    ("attention", re.compile(r"fmha|flash|sdpa|attention", re.I)),
     ("top-k", re.compile(r"topk|top_k|pallas", re.I)),
-    ("matmul", re.compile(r"gemm|xmma|nvjet|cutlass|wgmma|cublas|\bdot|convolution|conv\.", re.I)),
+    ("matmul", re.compile(r"gemm|xmma|nvjet|cutlass|wgmma|cublas|\bdot|conv", re.I)),
     ("copy", re.compile(r"copy|transpose|memcpy|memset|dynamic.slice|dynamic.update", re.I)),
     ("reduction", re.compile(r"input_|reduce", re.I)),
     ("elementwise", re.compile(r"loop_|fusion", re.I)),
@@ -66,7 +66,7 @@ def _device_events(path: str):
 
 def profile_steps(run_steps: Callable[[int], None], steps: int, trace_dir: str) -> dict:
   """Trace `run_steps(steps)` (which must block until its steps are done) into `trace_dir`;
-  return {"classes": {class: ms per step}, "top_ops": [[hlo op, class, ms per step], ...],
+  return {"classes": {class: ms per step}, "top_kernels": [[kernel, class, ms per step], ...],
   "device_ms_per_step": total, "trace_dir": ...}."""
   os.makedirs(trace_dir, exist_ok=True)
   with jax.profiler.trace(trace_dir):
@@ -80,12 +80,14 @@ def profile_steps(run_steps: Callable[[int], None], steps: int, trace_dir: str) 
   for kernel, hlo_op, ns in _device_events(files[-1]):
     cls = op_class(kernel, hlo_op)
     by_class[cls] += ns
-    by_op[(hlo_op, cls)] += ns
+    # By kernel name: with XLA's command buffers (on by default) the hlo_op of most kernels is
+    # just the buffer's name, while the kernel names stay telling.
+    by_op[(kernel[:120], cls)] += ns
   per_step = lambda ns: ns / 1e6 / steps
   top = sorted(by_op.items(), key=lambda kv: -kv[1])[:25]
   return {"device_ms_per_step": per_step(sum(by_class.values())),
           "classes": {c: per_step(v) for c, v in sorted(by_class.items(), key=lambda kv: -kv[1])},
-          "top_ops": [[op, cls, per_step(v)] for (op, cls), v in top],
+          "top_kernels": [[op, cls, per_step(v)] for (op, cls), v in top],
           "steps_traced": steps, "trace_dir": files[-1]}
 
 
