@@ -67,3 +67,22 @@ def test_bad_corpus_refused(tmp_path):
   (tmp_path / "fake.tar.gz").write_bytes(b"not a tar")
   with pytest.raises(UserError, match="is not a tar archive"):
     config.validate(data.get_data_config("docstrings", corpus_files=str(tmp_path / "fake.tar.gz")))
+
+
+@pytest.mark.parametrize("recipe", ["adamw", "t5", "t5_spm32k"])
+def test_c1_gpu_recipes_load_and_validate(tmp_path, recipe, repo_root):
+  """The T5-Base recipes of configs/paper/t5.py on a given corpus (their 3-step CPU runs with a
+  tiny model are a manual check: docs/data.md)."""
+  from lazy_neuron import config_lib
+  archive = _archive(tmp_path / "c.tar.gz", list(FILES))
+  spm = tmp_path / "s.model"
+  spm.write_bytes(b"")  # validation only checks that the model file exists
+  c = config_lib.load_config(os.path.join(repo_root, "configs", "paper", "t5.py") +
+                             f":scale=gpu,recipe={recipe},corpus={archive},spm={spm}", ())
+  config.validate(c.data)
+  assert (c.model.variant, c.batch_size, c.data.inputs_length) == ("base", 128, 512)
+  assert c.optimizer.schedule in ("constant", "rsqrt")  # never decays to 0
+  assert c.data.tokenizer == (str(spm) if recipe == "t5_spm32k" else "bytes")
+  with pytest.raises(UserError, match="add scale=gpu"):
+    config_lib.load_config(os.path.join(repo_root, "configs", "paper", "t5.py") +
+                           f":scale=cpu,recipe={recipe}", ())
