@@ -47,11 +47,8 @@ PACKAGES = {
 
 
 def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
+  with open(path, "rb") as f:  # tens of MB at most
+    return hashlib.sha256(f.read()).hexdigest()
 
 
 def download(packages: Sequence[str], folder: str) -> None:

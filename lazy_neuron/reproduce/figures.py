@@ -131,10 +131,18 @@ def fig_layers_vs_step(runs: Sequence[Run], baseline: Optional[Run] = None, spli
   return fig
 
 
-def fig_final_layers(runs: Sequence[Run], baseline: Optional[Run] = None):
-  """The final % nonzero per layer of the claim's first run (bars; `report.fig_final_layers`)."""
-  del baseline
-  return report.fig_final_layers(runs[0])
+def _first_run(per_run: Callable[[Run], object]) -> MakeFigure:
+  """A claim figure that is `lazy-neuron report`'s per-run figure of the claim's first run."""
+  def make(runs: Sequence[Run], baseline: Optional[Run] = None):
+    del baseline
+    return per_run(runs[0])
+  make.__doc__ = per_run.__doc__
+  return make
+
+
+# The final % nonzero per layer (bars) and the per-neuron firing-frequency histogram.
+fig_final_layers = _first_run(report.fig_final_layers)
+fig_firing_hist = _first_run(report.fig_firing_hist)
 
 
 def fig_train_vs_eval(runs: Sequence[Run], baseline: Optional[Run] = None):
@@ -260,12 +268,6 @@ def fig_dead_lazy_live(runs: Sequence[Run], baseline: Optional[Run] = None):
   step = run.final_step("sparsity/eval/mean/nonzero_frac")
   fig.suptitle(f"{run.name}: dead, lazy and live neurons, eval data, step {step}")
   return fig
-
-
-def fig_firing_hist(runs: Sequence[Run], baseline: Optional[Run] = None):
-  """The per-neuron firing-frequency histogram of the first run (`report.fig_firing_hist`)."""
-  del baseline
-  return report.fig_firing_hist(runs[0])
 
 
 def fig_flops(runs: Sequence[Run], baseline: Optional[Run] = None):
