@@ -12,7 +12,6 @@ import json
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_URL = "git+https://github.com/YOUR_ORG/lazy_neuron.git"  # placeholder: your fork or mirror
 
 
 def _cell(kind: str, source: str, index: int, tags: tuple[str, ...] = ()) -> dict:
@@ -33,6 +32,34 @@ def _notebook(cells: list[tuple]) -> dict:
           "nbformat": 4, "nbformat_minor": 5}
 
 
+# The install cell of every notebook. There is no public package index entry or git URL to install
+# from, so it installs what the user has: the checkout the notebook sits in (local Jupyter), a
+# wheel or a zip of the repository uploaded to Colab or kept in Google Drive, or any pip
+# requirement given as SOURCE (e.g. the git URL of your copy).
+INSTALL = ("code", """
+# Install lazy_neuron unless it is importable already (a local Jupyter with the project installed).
+# SOURCE: a pip requirement: a checkout folder, a wheel (`pip wheel --no-deps -w dist .` in the
+# repository), a zip of the repository, or the git URL of your copy. Empty: the checkout this
+# notebook sits in, else a lazy_neuron*.whl / *.zip in the working folder or Drive's MyDrive,
+# else (Colab) a file upload prompt.
+SOURCE = ""
+import glob, importlib, importlib.util, os, subprocess, sys
+if importlib.util.find_spec("lazy_neuron") is None:
+  found = [SOURCE] if SOURCE else [p for p in ("..", ".") if os.path.isfile(f"{p}/pyproject.toml")]
+  for pattern in ("lazy_neuron*.whl", "lazy_neuron*.zip", "/content/drive/MyDrive/lazy_neuron*"):
+    found += sorted(glob.glob(pattern))
+  if not found:
+    from google.colab import files  # outside Colab: set SOURCE
+    found = list(files.upload())
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", found[0]], check=True)
+  importlib.invalidate_caches()
+try:  # gs:// workdirs need your Google credentials in Colab
+  from google.colab import auth
+  auth.authenticate_user()
+except ImportError:
+  pass
+""", ("install",))
+
 INSPECT_RUN = [
     ("markdown", """
 # Inspect a lazy_neuron run
@@ -41,17 +68,7 @@ Load a workdir written by `lazy-neuron train` (local or `gs://`) and look at act
 % nonzero per MLP layer over training, per-neuron firing frequencies (dead and lazy neurons), and
 several runs side by side. See *The Lazy Neuron Phenomenon* (Li et al., ICLR 2023).
 """),
-    ("code", f"""
-# Colab: install lazy_neuron (skipped where it is already installed, e.g. a local Jupyter).
-import importlib.util, subprocess, sys
-if importlib.util.find_spec("lazy_neuron") is None:
-  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{REPO_URL}"], check=True)
-try:  # gs:// workdirs need your Google credentials in Colab
-  from google.colab import auth
-  auth.authenticate_user()
-except ImportError:
-  pass
-""", ("install",)),
+    INSTALL,
     ("code", """
 WORKDIR = "/tmp/ln_report/t5"   # or "gs://YOUR_BUCKET/runs/t5_base"
 COMPARE = []                    # more workdirs, e.g. results.find_runs("gs://YOUR_BUCKET/runs")
@@ -138,15 +155,81 @@ print(report.write_report(runs, OUT))
 ]
 
 
+PAPER_FIGURES = [
+    ("markdown", """
+# The paper's figures from a `lazy-neuron reproduce` folder
+
+Draws the figures of *The Lazy Neuron Phenomenon* (Li et al., ICLR 2023) from the folder `DIR`
+written by `lazy-neuron reproduce --scale=smoke|cpu|gpu --out=DIR`: for every claim judged there,
+its verdict, the rule that gave it, the evidence numbers and the figures (the same ones the command
+writes into `DIR/figures/`). Only `DIR/summary.json` and the runs' `metrics.jsonl`, `config.json`
+and `sparsity/step_<N>.npz` are read; checkpoints are not needed. In Colab, upload a zip of `DIR`
+(without `runs/*/checkpoints`) or put it in Google Drive, and set `DIR` below.
+"""),
+    INSTALL,
+    ("code", """
+DIR = "/tmp/ln/repro_cpu"  # the --out of `lazy-neuron reproduce` (unzip an upload first)
+CLAIMS = None              # e.g. ["C1", "C8"]; None: every claim in DIR/summary.json
+""", ("parameters",)),
+    ("code", """
+%matplotlib inline
+from IPython.display import Markdown, display
+from lazy_neuron.reproduce import figures
+
+summary, runs = figures.load_dir(DIR)
+claims = [c for c in summary["claims"] if CLAIMS is None or c["id"] in CLAIMS]
+rows = [f"| {c['id']} | {c['claim']} | **{c['verdict']}** |" for c in claims]
+display(Markdown(f"Scale `{summary['scale']}`, {len(runs)} runs.\\n\\n| claim | | verdict |\\n|---|---|---|\\n"
+                 + "\\n".join(rows)))
+"""),
+    ("markdown", """
+## Claim by claim
+Each verdict comes from the rule printed under it, applied to the runs' own metrics. % nonzero
+is the share of MLP activation-map entries that are nonzero (a ReLU starts near 50%); the log
+axes follow the paper's figures. C7 compares its random-data runs with the plain run `runs/t5`
+when `DIR` has it (black, dashed).
+"""),
+    ("code", """
+import json
+for c in claims:
+  display(Markdown(f"### {c['id']}: {c['claim']}\\n\\n**Verdict: {c['verdict']}**\\n\\n"
+                   f"Rule: {c['rule']}\\n\\nPaper: {c['paper']}"))
+  print("evidence:", json.dumps(c["evidence"], indent=1, sort_keys=True))
+  baseline = runs.get(figures.BASELINE)
+  for name, make in figures.claim_figures(c["id"], figures.runs_of(c, runs), baseline):
+    display(make())  # the figure DIR/<name> holds
+"""),
+    ("markdown", """
+## Any run on its own
+Per-layer % nonzero on train and eval data (linear axis), and the firing-frequency histogram
+(dead and lazy neurons) of one run; `sorted(runs)` lists the names.
+"""),
+    ("code", """
+from lazy_neuron import report
+RUN = figures.BASELINE if figures.BASELINE in runs else sorted(runs)[0]
+display(report.fig_layers_vs_step(runs[RUN]))
+display(report.fig_firing_hist(runs[RUN]))
+"""),
+]
+
+
 def inspect_run() -> dict:
   return _notebook(INSPECT_RUN)
 
 
+def paper_figures() -> dict:
+  return _notebook(PAPER_FIGURES)
+
+
+NOTEBOOKS = {"inspect_run.ipynb": inspect_run, "paper_figures.ipynb": paper_figures}
+
+
 def main() -> None:
-  path = os.path.join(HERE, "inspect_run.ipynb")
-  with open(path, "w") as f:
-    f.write(json.dumps(inspect_run(), indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-  print(path)
+  for name, make in NOTEBOOKS.items():
+    path = os.path.join(HERE, name)
+    with open(path, "w") as f:
+      f.write(json.dumps(make(), indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    print(path)
 
 
 if __name__ == "__main__":

@@ -45,3 +45,15 @@ def _restore_checkpoint(workdir, config=None):
 def restore_checkpoint():
   """The tests' one checkpoint reader: `restore_checkpoint(workdir, config=None)`."""
   return _restore_checkpoint
+
+
+@pytest.fixture(scope="session")
+def reproduce_smoke(tmp_path_factory) -> str:
+  """DIR of `lazy-neuron reproduce --claims=C1,C7 --scale=smoke`, made once per session (its runs
+  take most of a minute on 2 cores): tests/test_reproduce.py checks it, the figure and notebook
+  tests read it. Tests may add to it (another invocation into it) but not remove from it."""
+  from lazy_neuron.reproduce import command
+  out = str(tmp_path_factory.mktemp("rep") / "out")
+  rc = command.main(["lazy-neuron reproduce", "--claims=C1,c7", "--scale=smoke", f"--out={out}"])
+  assert rc == 0
+  return out

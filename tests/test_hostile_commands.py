@@ -134,7 +134,7 @@ CASES = [
     ("tokenizer/missing-corpus", tokenizer.main, ["--corpus={t}/nope.txt", "--vocab-size=64",
                                                   "--out={t}/t.model"], "matches no file"),
     ("tokenizer/corpus-is-a-folder", tokenizer.main, ["--corpus={t}/folder", "--vocab-size=64",
-                                                      "--out={t}/t.model"], "matches no file"),
+                                                      "--out={t}/t.model"], "holds no file"),
     ("tokenizer/empty-corpus", tokenizer.main, ["--corpus={t}/empty.txt", "--vocab-size=64",
                                                 "--out={t}/t.model"], "corpus is empty"),
     ("tokenizer/blank-corpus", tokenizer.main, ["--corpus={t}/blank.txt", "--vocab-size=64",

@@ -207,11 +207,8 @@ def test_docs_print_the_rules_in_the_code():
 # End to end at the smoke scale
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("rep") / "out")
-  rc = command.main(["lazy-neuron reproduce", "--claims=C1,c7", "--scale=smoke", f"--out={out}"])
-  assert rc == 0
-  return out
+def smoke(reproduce_smoke):
+  return reproduce_smoke  # conftest.py: shared with tests/test_figures.py
 
 
 def test_smoke_summary_schema(smoke):
@@ -227,6 +224,8 @@ def test_smoke_summary_schema(smoke):
     for r in c["runs"]:
       assert os.path.exists(os.path.join(smoke, r, "metrics.jsonl"))
     assert c["figures"] and all(os.path.getsize(os.path.join(smoke, f)) for f in c["figures"])
+  assert summary["claims"][0]["figures"] == ["figures/C1_nonzero_vs_step.png",
+                                             "figures/C1_layers_vs_step.png"]
   assert summary["claims"][1]["runs"] == ["runs/mlp_gaussian", "runs/t5_random_inputs"]
   md = open(os.path.join(smoke, "reproduction.md")).read()
   assert claims.C1_RULE in md and "lazy-neuron reproduce --claims=C1,C7 --scale=smoke" in md

@@ -13,9 +13,27 @@ Scales (docs/reproduction.md):
   gpu    T5-Small dimensions (d_model 512, 8 heads) for 20k steps at batch 128 x 128 tokens:
          planned as one ~10-minute H200 job per run (an estimate: not yet measured).
 
+C1 at T5-Base size on one H200 (`recipe=...`, scale=gpu; not registered in `reproduce` yet): T5-Base
+(bf16) on the Debian documentation corpus (`corpus=PATH`, default `.corpus/debian_docs.tar.gz`
+in the repository: docs/data.md says how to build it), 512-token inputs, batch 128, evaluations
+every 250 steps, one 10-minute job each (planned: a 1000-step AdamW run of these shapes took 333 s;
+these settings are not yet timed):
+  recipe=adamw      AdamW 1e-3, bytes, 100 linear warm-up steps, then constant (no decay to 0, so
+                    sparsity can keep falling), 1500 steps
+  recipe=t5         T5's own: Adafactor, lr 1e-2 constant for 100 steps then 1e-2 * sqrt(100 /
+                    step) (`schedule="rsqrt"`: never 0), bytes, 1500 steps
+  recipe=t5_spm32k  the same with a 32,000-piece sentencepiece model of the corpus (`spm=PATH`,
+                    default `.corpus/debian_docs_spm32k.model`, made by `lazy-neuron tokenizer`),
+                    1000 steps (more text per example and a 32k softmax: slower steps)
+
+  lazy-neuron train --config=configs/paper/t5.py:scale=gpu,recipe=t5 --workdir=/tmp/ln/c1_t5
+
 Args: scale=smoke|cpu|gpu, layers=L (encoder and decoder layers each; 0 = the scale's default),
-width=D_FF (0 = the scale's default), topk=K (0 = dense), random_inputs (uniform random tokens).
+width=D_FF (0 = the scale's default), topk=K (0 = dense), random_inputs (uniform random tokens),
+recipe=none|adamw|t5|t5_spm32k (gpu only), corpus=PATH, spm=PATH, steps=N (0 = the recipe's).
 """
+import os
+
 from lazy_neuron import checks, data, experiment
 from lazy_neuron.config_lib import parse_arg
 
@@ -27,9 +45,43 @@ SCALES = {
 }
 
 
+# recipe -> (optimizer, tokenizer, steps); C1 at T5-Base size (module docstring)
+RECIPES = {
+    "adamw": (dict(name="adamw", learning_rate=1e-3, warmup_steps=100, schedule="constant",
+                   b2=0.98, weight_decay=0.0, grad_clip_norm=1.0), "bytes", 1500),
+    "t5": (dict(name="adafactor", learning_rate=1e-2, warmup_steps=100, schedule="rsqrt",
+                weight_decay=0.0, grad_clip_norm=1.0), "bytes", 1500),
+    "t5_spm32k": (dict(name="adafactor", learning_rate=1e-2, warmup_steps=100, schedule="rsqrt",
+                       weight_decay=0.0, grad_clip_norm=1.0), "spm", 1000),
+}
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CORPUS = os.path.join(REPO, ".corpus", "debian_docs.tar.gz")
+SPM = os.path.join(REPO, ".corpus", "debian_docs_spm32k.model")
+
+
+def t5_base_recipe(arg):
+  """T5-Base on the Debian corpus with one of RECIPES (C1, one H200 job)."""
+  optimizer, tokenizer, steps = RECIPES[arg.recipe]
+  steps = checks.integer("arg steps", arg.steps, min=0) or steps
+  c = experiment.base_config(
+      model=experiment.model("t5", variant="base", topk=arg.topk, dtype="bfloat16"),
+      data=data.get_data_config("docstrings", corpus_files=arg.corpus or CORPUS,
+                                tokenizer=arg.spm or SPM if tokenizer == "spm" else "bytes",
+                                inputs_length=512, eval_examples=512, num_threads=8),
+      optimizer=optimizer, total_steps=steps, batch_size=128, log_every_steps=50,
+      eval_every_steps=250, checkpoint_every_steps=500)
+  return c
+
+
 def get_config(arg=None):
-  arg = parse_arg(arg, scale="cpu", layers=0, width=0, topk=0, random_inputs=False)
+  arg = parse_arg(arg, scale="cpu", layers=0, width=0, topk=0, random_inputs=False,
+                  recipe="none", corpus="", spm="", steps=0)
   checks.choice("arg scale", arg.scale, SCALES)
+  checks.choice("arg recipe", arg.recipe, ("none", *RECIPES))
+  if arg.recipe != "none":
+    if arg.scale != "gpu":
+      raise checks.fail("arg recipe", arg.recipe, "it is a gpu-scale run; add scale=gpu")
+    return t5_base_recipe(arg)
   variant, layers, width, steps, batch, length, eval_every, eval_examples, lr, warmup = (
       SCALES[arg.scale])
   layers = checks.integer("arg layers", arg.layers, min=0) or layers

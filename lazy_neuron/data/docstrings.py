@@ -4,6 +4,10 @@ Module, class and function docstrings are extracted with `ast` (never imported),
 order (sorted paths, source order within a file), skipping site-packages, tests and other noise. Each
 module goes to `train` or `eval` by a hash of its relative path (`eval_fraction`, default 2%). Plain text
 files can replace the stdlib (`data.corpus_files`): each file is one document, split by path hash too.
+`data.corpus_files` may also name folders (every file below, recursively) and tar archives (`.tar`,
+`.tar.gz`, `.tgz`: every regular member), read in sorted order of their relative names and split by
+a hash of that relative name, so an archive and the folder it unpacks to give the same documents
+and the same split on any machine (`lazy_neuron/data/debian_docs.py` builds such an archive).
 """
 from __future__ import annotations
 
@@ -14,7 +18,9 @@ import json
 import os
 import sys
 import sysconfig
+import tarfile
 import warnings
+from typing import Iterator
 
 from lazy_neuron.data import cache
 from lazy_neuron.errors import UserError
@@ -50,17 +56,63 @@ def _stdlib_files(root: str) -> list[str]:
   return files
 
 
+ARCHIVES = (".tar", ".tar.gz", ".tgz")
+
+
+def is_archive(path: str) -> bool:
+  return path.endswith(ARCHIVES)
+
+
 def corpus_files(pattern_list: str, what: str = "data.corpus_files") -> list[str]:
-  """Expands a comma-separated list of files / glob patterns; UserError for one that matches nothing."""
+  """Expands a comma-separated list of files, folders, tar archives and glob patterns; UserError
+  for one that matches nothing, a folder without files or an archive that is not a tar file."""
   files = []
   for pattern in [p.strip() for p in str(pattern_list).split(",") if p.strip()]:
     matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-    matches = [m for m in matches if os.path.isfile(m)]
+    # a folder counts when named itself (not when a glob such as **/* also walks over it)
+    matches = [m for m in matches if os.path.isfile(m) or (os.path.isdir(m) and m.rstrip("/") ==
+                                                           os.path.expanduser(pattern).rstrip("/"))]
     if not matches:
-      raise UserError(f"{what}: {pattern!r} matches no file; give existing text files or "
-                      "glob patterns, comma-separated")
+      raise UserError(f"{what}: {pattern!r} matches no file; give existing text files, folders, "
+                      ".tar/.tar.gz archives or glob patterns, comma-separated")
+    for m in matches:
+      if os.path.isdir(m) and not _folder_files(m):
+        raise UserError(f"{what}: folder {m!r} holds no file; give a folder of text files")
+      if is_archive(m) and not tarfile.is_tarfile(m):
+        raise UserError(f"{what}: {m!r} is not a tar archive; give a .tar/.tar.gz of text files")
     files += [os.path.abspath(m) for m in matches]
   return files
+
+
+def _folder_files(folder: str) -> list[str]:
+  """Every file below `folder`, as sorted relative '/'-separated names."""
+  out = []
+  for dirpath, dirnames, filenames in os.walk(folder):
+    dirnames.sort()
+    out += [os.path.relpath(os.path.join(dirpath, f), folder).replace(os.sep, "/")
+            for f in filenames]
+  return sorted(out)
+
+
+def read_documents(paths: list[str]) -> Iterator[tuple[str, str]]:
+  """(split name, text) per document of `corpus_files` paths, in a deterministic order. A plain
+  file's split name is its base name and a hash of its path (as it always was); a folder's or an
+  archive's files are named by their path relative to it, so the split does not depend on where
+  the corpus lies. Bytes that are not UTF-8 become U+FFFD."""
+  for path in paths:
+    if os.path.isdir(path):
+      for rel in _folder_files(path):
+        with open(os.path.join(path, rel), encoding="utf-8", errors="replace") as fh:
+          yield rel, fh.read()
+    elif is_archive(path):
+      # Members sorted by name (not archive order), so any archive of the same files reads alike.
+      with tarfile.open(path) as tar:
+        members = sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name)
+        for m in members:
+          yield m.name.removeprefix("./"), tar.extractfile(m).read().decode("utf-8", errors="replace")
+    else:
+      with open(path, encoding="utf-8", errors="replace") as fh:
+        yield os.path.basename(path) + ":" + hashlib.sha256(path.encode()).hexdigest()[:8], fh.read()
 
 
 def _is_eval(name: str, eval_fraction: float) -> bool:
@@ -71,6 +123,8 @@ def _is_eval(name: str, eval_fraction: float) -> bool:
 def _key(cfg) -> dict:
   if cfg["corpus_files"]:
     files = corpus_files(cfg["corpus_files"])
+    files = [os.path.join(f, rel) if rel else f
+             for f in files for rel in (_folder_files(f) if os.path.isdir(f) else [None])]
     stats = [(f, os.path.getsize(f), int(os.path.getmtime(f))) for f in files]
     return {"kind": "files", "files": stats, "max_bytes": cfg["max_corpus_bytes"],
             "eval_fraction": cfg["eval_fraction"], "v": EXTRACTOR_VERSION}
@@ -85,10 +139,7 @@ def _extract(cfg) -> dict[str, list[str]]:
   docs: list[tuple[str, list[str]]] = []  # (unit name, documents)
   limit = cfg["max_corpus_bytes"]
   if cfg["corpus_files"]:
-    for f in corpus_files(cfg["corpus_files"]):
-      with open(f, encoding="utf-8", errors="replace") as fh:
-        docs.append((os.path.basename(f) + ":" + hashlib.sha256(f.encode()).hexdigest()[:8],
-                     [fh.read()]))
+    docs = [(name, [text]) for name, text in read_documents(corpus_files(cfg["corpus_files"]))]
   else:
     root = stdlib_root(cfg["stdlib_path"])
     extracted = 0

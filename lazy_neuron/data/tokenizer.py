@@ -11,8 +11,8 @@ Ids follow T5: pad 0, EOS 1, unk 2; sentinels (`<extra_id_0>`, ...) are the LAST
 
 Command line:
   lazy-neuron tokenizer --corpus FILES --vocab-size N --out PATH [--model-type bpe|unigram]
-FILES are comma-separated paths or glob patterns of UTF-8 text, or `stdlib` for the Python standard
-library's docstrings.
+FILES are comma-separated paths, folders, .tar/.tar.gz archives or glob patterns of UTF-8 text, or
+`stdlib` for the Python standard library's docstrings.
 """
 from __future__ import annotations
 
@@ -223,14 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
              "cache_dir": None}
       texts = docstrings.load(cfg)["train"]
     else:
-      texts = []
-      for f in docstrings.corpus_files(args.corpus, "--corpus"):
-        try:  # bytes that are not UTF-8 become U+FFFD, as in every text reader of the project
-          with open(f, encoding="utf-8", errors="replace") as fh:
-            texts.append(fh.read())
-        except OSError as e:
-          raise checks.fail("--corpus", args.corpus, f"{f} cannot be read ({e.strerror}); give "
-                                                      "readable text files") from None
+      try:  # files, folders and tar archives, as data.corpus_files reads them
+        texts = [t for _, t in docstrings.read_documents(docstrings.corpus_files(args.corpus,
+                                                                                 "--corpus"))]
+      except OSError as e:
+        raise checks.fail("--corpus", args.corpus, f"{e.filename or 'a file'} cannot be read "
+                                                    f"({e.strerror}); give readable text files") from None
     proto = train_sentencepiece(texts, args.vocab_size, model_type=args.model_type, max_bytes=args.max_bytes)
     import sentencepiece as spm
 

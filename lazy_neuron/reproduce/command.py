@@ -155,32 +155,10 @@ def _load(out: str, names: Sequence[str]) -> dict:
 
 
 def _figures(out: str, cid: str, runs: dict) -> list[str]:
-  """Cheap figures of the claim's runs: mean % nonzero vs step (all claims), the per-layer final
-  profile (C3) and the loss (C10). A figure that fails to draw is skipped, not fatal: the verdict
-  does not depend on it."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from lazy_neuron import report
-  if not runs:
-    return []
-  todo = [(f"figures/{cid}_nonzero_vs_step.png", lambda: report.fig_compare_sparsity(
-      list(runs.values())))]
-  if cid == "C3":
-    first = next(iter(runs.values()))
-    todo.append((f"figures/{cid}_final_layers.png", lambda: report.fig_final_layers(first)))
-  if cid == "C10":
-    todo.append((f"figures/{cid}_loss.png", lambda: report.fig_compare_loss(list(runs.values()))))
-  made = []
-  for rel, make in todo:
-    try:
-      fig = make()
-      report._save_fig(fig, os.path.join(out, rel))
-      plt.close(fig)
-      made.append(rel)
-    except Exception as e:  # noqa: BLE001 - see the docstring
-      print(f"figure {rel} not drawn ({type(e).__name__}: {e})", file=sys.stderr)
-  return made
+  """The claim's figures (reproduce/figures.py), with runs/t5 as the baseline of ablations."""
+  from lazy_neuron.reproduce import figures
+  return figures.write_claim_figures(out, cid, runs, figures.load_baseline(out).get(
+      figures.BASELINE))
 
 
 def judge(out: str, claim_ids: Sequence[str], scale: str, draw: bool = True) -> list[dict]:
