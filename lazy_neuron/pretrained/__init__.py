@@ -120,8 +120,8 @@ def apply_model(config: ml_collections.ConfigDict, conv: Converted) -> None:
   keep = {k: config.model.get(k) for k in ("topk", "topk_backend", "dtype", "dropout_rate",
                                            "remat", "scan_layers", "activation_threshold",
                                            "magnitude_thresholds") if k in config.model}
-  model = dict(conv.model, **{k: v for k, v in keep.items() if v is not None})
-  model.setdefault("dropout_rate", 0.0)
+  model = dict(conv.model, topk=None, scan_layers=None, dropout_rate=0.0)
+  model.update({k: v for k, v in keep.items() if v is not None})
   if model["activation"] != "relu" and not model.get("magnitude_thresholds"):
     model["magnitude_thresholds"] = list(MAGNITUDE_THRESHOLDS)
   with config.unlocked():
