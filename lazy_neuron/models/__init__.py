@@ -33,7 +33,7 @@ MODELS: dict[str, tuple[dict, str, type]] = {
 
 # Model config keys that every model takes besides its typed settings' fields.
 COMMON_KEYS = ("name", "variant", "activation", "activation_threshold", "topk", "topk_backend",
-               "dtype")
+               "dtype", "magnitude_thresholds")
 
 VOCAB_MULTIPLE = 128
 
@@ -61,8 +61,13 @@ def _settings(model_cfg, measure: bool) -> MlpSettings:
                       model_cfg.get("activation_threshold", None) or 0.0, min=0)
   topk = model_cfg.get("topk", None)
   topk = None if topk == 0 else checks.integer("model.topk", topk, min=1, none_ok=True)
+  mags = model_cfg.get("magnitude_thresholds", None) or ()
+  if not isinstance(mags, (list, tuple)):
+    raise checks.fail("model.magnitude_thresholds", mags, "use a list of numbers >= 0, or None")
+  mags = tuple(checks.number("model.magnitude_thresholds", t, min=0) for t in mags)
   return MlpSettings(activation=act, threshold=thr, topk=topk,
-                     topk_backend=model_cfg.get("topk_backend", "auto"), measure=measure)
+                     topk_backend=model_cfg.get("topk_backend", "auto"), measure=measure,
+                     magnitude_thresholds=mags)
 
 
 def mlp_dims(model: Model) -> list[int]:
@@ -94,6 +99,9 @@ def build_model(model_cfg, data_info, measure: bool = True) -> Model:
     # T5 pads its vocabulary to a multiple of 128 (32100 -> 32128): shardable over any mesh axis
     # that divides 128, and MXU/tensor-core friendly. The extra ids are never targets.
     vocab = -(-int(data_info.vocab_size) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    if cfg.vocab_size is not None:  # a pretrained checkpoint's own (padded) vocabulary
+      checks.integer("model.vocab_size", cfg.vocab_size, min=int(data_info.vocab_size))
+      vocab = cfg.vocab_size
     module = module_cls(cfg, settings, dtype, vocab_size=vocab)
     keys = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
   else:

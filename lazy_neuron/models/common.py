@@ -26,6 +26,8 @@ class MlpSettings:
   topk: Optional[int] = None
   topk_backend: str = "auto"
   measure: bool = True
+  # Also count |a| <= t per threshold t (non-ReLU activations; models/mlp.py, `below_<t>`).
+  magnitude_thresholds: tuple[float, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -143,9 +145,9 @@ def classifier_head(x: jax.Array, num_classes: int, dtype, bias_init: float = 0.
                                                          ("classes",)))(x).astype(jnp.float32)
 
 
-def layer_norm(name: str, dtype, param_dtype) -> nn.LayerNorm:
+def layer_norm(name: str, dtype, param_dtype, epsilon: float = 1e-6) -> nn.LayerNorm:
   return nn.LayerNorm(
-      dtype=dtype, param_dtype=param_dtype, name=name,
+      epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, name=name,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
 

@@ -19,6 +19,14 @@ are pushed below zero):
                             threshold or a non-ReLU activation, so it is kept separately)
 
 Values are summed when a block is applied more than once in one step.
+
+With `settings.magnitude_thresholds` (used for non-ReLU activations, whose maps are rarely exactly
+zero) the probe also counts, per threshold t, the real-token entries with |a| <= t (`below_<t>`,
+int32 []): the curve from which magnitude-threshold methods (CATS, TEAL) pick a threshold.
+
+Gated MLPs (`gated=True`: T5 v1.1, Flan-T5, mT5) compute wo(act(wi_0 x) * wi_1 x). The activation
+map they measure is the input to `wo`, the product act(wi_0 x) * wi_1 x: a zero there is what lets
+`wo` skip a row. The pre-activation sums are those of wi_0 x (the activation's input).
 """
 from __future__ import annotations
 
@@ -58,6 +66,18 @@ def sow_activation_stats(module: nn.Module, a: jax.Array, token_mask: Optional[j
   tokens = jnp.sum(mask, dtype=jnp.int32)
   nonzero = jnp.sum(fire.astype(jnp.float32))
   _sow_sums(module, {"fire": fire, "tokens": tokens, "nonzero": nonzero})
+
+
+def sow_magnitude_counts(module: nn.Module, a: jax.Array, token_mask: Optional[jax.Array],
+                         thresholds: tuple[float, ...]) -> None:
+  """Sows `below_<t>` (int32 []): the real-token entries of `a` with |a| <= t, per threshold t."""
+  lead = a.shape[:-1]
+  mask = (jnp.ones(lead, jnp.bool_) if token_mask is None
+          else jnp.broadcast_to(token_mask, lead).astype(jnp.bool_))[..., None]
+  mag = jnp.abs(a)
+  axes = tuple(range(a.ndim - 1))
+  _sow_sums(module, {f"below_{float(t):g}": jnp.sum(jnp.sum(
+      mask & (mag <= jnp.asarray(t, a.dtype)), axis=axes, dtype=jnp.int32)) for t in thresholds})
 
 
 def _sow_sums(module: nn.Module, values: dict) -> None:
@@ -108,6 +128,7 @@ class MlpBlock(nn.Module):
     dropout_rate / dropout_broadcast_dims: dropout on the hidden activation (T5 shares one mask
       over the sequence, dims (-2,)).
     embed_axis / hidden_axes: logical axis names of the input features / the hidden activation.
+    gated: wo(act(wi_0 x) * wi_1 x) (parameters wi_0, wi_1, wo) instead of wo(act(wi x)).
   """
   settings: MlpSettings
   d_ff: int
@@ -121,16 +142,18 @@ class MlpBlock(nn.Module):
   bias_init: Callable = nn.initializers.zeros
   embed_axis: str = "embed"
   hidden_axes: tuple[str, ...] = ("batch", "length", "mlp")
+  gated: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, token_mask: Optional[jax.Array] = None,
                deterministic: bool = True) -> jax.Array:
     s = self.settings
     d_out = self.d_out or x.shape[-1]
-    wi = nn.Dense(
+    wi_dense = lambda name: nn.Dense(
         self.d_ff, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.with_logical_partitioning(self.kernel_init, (self.embed_axis, "mlp")),
-        bias_init=nn.with_logical_partitioning(self.bias_init, ("mlp",)), name="wi")
+        bias_init=nn.with_logical_partitioning(self.bias_init, ("mlp",)), name=name)
+    wi = wi_dense("wi_0" if self.gated else "wi")
     wo = nn.Dense(
         d_out, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.with_logical_partitioning(self.kernel_init, ("mlp", self.embed_axis)),
@@ -139,6 +162,8 @@ class MlpBlock(nn.Module):
     if s.measure:
       sow_preactivation_stats(self, h, token_mask)
     a = get_activation(s.activation)(h)
+    if self.gated:
+      a = a * wi_dense("wi_1")(x)
     if s.topk is not None:
       from lazy_neuron.kernels.topk import topk_mask  # deferred: kernels are optional at import
       a = topk_mask(a, int(s.topk), backend=s.topk_backend)
@@ -146,6 +171,8 @@ class MlpBlock(nn.Module):
       a = nn.with_logical_constraint(a, self.hidden_axes)
     if s.measure:
       sow_activation_stats(self, a, token_mask, s.threshold)
+      if s.magnitude_thresholds:
+        sow_magnitude_counts(self, a, token_mask, s.magnitude_thresholds)
     a = nn.Dropout(self.dropout_rate, broadcast_dims=self.dropout_broadcast_dims)(
         a, deterministic=deterministic)
     return wo(a)

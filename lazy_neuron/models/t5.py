@@ -26,6 +26,13 @@ class T5Config(ModelConfig):
   mlp_dim: int
   num_encoder_layers: int
   num_decoder_layers: int
+  # T5 v1.1 / Flan-T5 / mT5 (checkpoints imported by lazy_neuron.pretrained): a gated MLP
+  # (wi_0, wi_1; use activation gelu_tanh), and output logits from their own matrix
+  # `logits_dense` without the 1/sqrt(emb_dim) scaling that v1.0's tied embedding has.
+  mlp_gated: bool = False
+  logits_via_embedding: bool = True
+  # None: the data's vocabulary, padded to a multiple of 128; set to a checkpoint's own size.
+  vocab_size: Optional[int] = None
 
 
 # d_model / d_ff / layers from the T5 paper (v1.0 sizes); tiny is ours, for CPU runs and tests.
@@ -127,7 +134,7 @@ def _residual(layer: Configured, x, norm_name: str, branch, deterministic: bool)
 
 
 def _mlp_residual(layer: Configured, x, token_mask, deterministic: bool):
-  mlp = MlpBlock(layer.mlp, d_ff=layer.cfg.mlp_dim, use_bias=False,
+  mlp = MlpBlock(layer.mlp, d_ff=layer.cfg.mlp_dim, use_bias=False, gated=layer.cfg.mlp_gated,
                  dropout_rate=layer.cfg.dropout_rate, dropout_broadcast_dims=(-2,),
                  dtype=layer.dtype, name="mlp")
   x = _residual(layer, x, "pre_mlp_norm",
@@ -233,5 +240,11 @@ class T5(Configured):
     # is, so the decoder mask comes from the targets.
     y = Stack(c, self.mlp, self.dtype, decoder=True, name="decoder")(
         y, dec_mask, enc=enc, enc_mask=enc_mask, deterministic=deterministic)
-    logits = embed.attend(y) / jnp.sqrt(jnp.asarray(c.emb_dim, self.dtype))
+    if c.logits_via_embedding:
+      logits = embed.attend(y) / jnp.sqrt(jnp.asarray(c.emb_dim, self.dtype))
+    else:
+      logits = nn.DenseGeneral(
+          self.vocab_size, use_bias=False, dtype=self.dtype, name="logits_dense",
+          kernel_init=nn.with_logical_partitioning(nn.initializers.variance_scaling(
+              1.0, "fan_in", "truncated_normal"), ("embed", "vocab")))(y)
     return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))

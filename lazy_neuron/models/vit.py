@@ -26,6 +26,7 @@ class ViTConfig(ModelConfig):
   patch_size: int
   pool: str = "token"          # class token, or "gap": global average pool
   head_bias_init: float = 0.0
+  layer_norm_eps: float = 1e-6  # Hugging Face ViT checkpoints use 1e-12
 
   def __post_init__(self):
     super().__post_init__()
@@ -48,13 +49,13 @@ class EncoderBlock(Configured):
   @nn.compact
   def __call__(self, x, token_mask, deterministic):
     c = self.cfg
-    y = layer_norm("norm_attention", self.dtype, jnp.float32)(x)
+    y = layer_norm("norm_attention", self.dtype, jnp.float32, c.layer_norm_eps)(x)
     y = MultiHeadAttention(c.num_heads, c.width // c.num_heads, use_bias=True, dtype=self.dtype,
                            distribution="uniform", implementation=c.attention,
                            name="attention")(
                                y, y, deterministic=deterministic)
     x = x + nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
-    y = layer_norm("norm_mlp", self.dtype, jnp.float32)(x)
+    y = layer_norm("norm_mlp", self.dtype, jnp.float32, c.layer_norm_eps)(x)
     y = MlpBlock(self.mlp, d_ff=c.mlp_dim, use_bias=True, dropout_rate=c.dropout_rate,
                  dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
                  bias_init=nn.initializers.normal(1e-6), name="mlp")(
@@ -98,4 +99,4 @@ class Transformer(Configured):
   def __call__(self, x, token_mask, deterministic):
     c = self.cfg
     x = apply_stack(EncoderBlock, c, self.mlp, self.dtype, c.depth, x, token_mask, deterministic)
-    return layer_norm("encoder_norm", self.dtype, jnp.float32)(x)
+    return layer_norm("encoder_norm", self.dtype, jnp.float32, c.layer_norm_eps)(x)

@@ -39,6 +39,14 @@ class LayerStats:
   pre_sum: Optional[float] = None        # sum of h
   pre_pos_sum: Optional[float] = None    # sum of max(h, 0)
   pre_pos_count: Optional[float] = None  # entries with h > 0
+  # {threshold t: entries with |a| <= t} (models/mlp.py `below_<t>`; empty unless the model's
+  # magnitude_thresholds are set, as for imported non-ReLU checkpoints).
+  below: dict[float, float] = dataclasses.field(default_factory=dict)
+
+  def frac_abs_le(self, t: float) -> float:
+    """Fraction of activation-map entries with |a| <= t (over real tokens): what a magnitude
+    threshold t would zero (CATS / TEAL)."""
+    return float(self.below[t] / self.entries) if self.tokens else float("nan")
 
   @property
   def d_ff(self) -> int:
@@ -126,7 +134,7 @@ def _walk(tree: Mapping[str, Any], prefix: tuple[str, ...], out: dict[str, dict]
       return
     k = parts.index(SCANNED)
     scope, rest = parts[:k], parts[k + 1:]
-    stacked = {key: _leaf(tree[key]) for key in _KEYS if key in tree}
+    stacked = {key: _leaf(tree[key]) for key in tree if key in _KEYS or key.startswith(_BELOW)}
     for i in range(stacked["tokens"].shape[0]):  # the leading layer axis
       name = scope + (unrolled_layer_name(rest[0] if rest else "", i),) + rest[1:]
       out["/".join(name)] = {key: value[i] for key, value in stacked.items()}
@@ -146,6 +154,7 @@ def _leaf(x) -> np.ndarray:
 
 # The leaves LayerStats reads (`nonzero` is sum(fire), recomputed exactly on the host).
 _KEYS = ("fire", "tokens", "pre_sum", "pre_pos_sum", "pre_pos_count")
+_BELOW = "below_"  # + the threshold: counts of |a| <= threshold
 
 
 def flatten_stats(tree: Mapping[str, Any]) -> dict[str, LayerStats]:
@@ -157,7 +166,9 @@ def flatten_stats(tree: Mapping[str, Any]) -> dict[str, LayerStats]:
   pre = lambda d, k: float(np.asarray(_leaf(d[k]), np.float64)) if k in d else None
   return {name: LayerStats(fire=_leaf(d["fire"]).astype(np.int64), tokens=int(_leaf(d["tokens"])),
                            pre_sum=pre(d, "pre_sum"), pre_pos_sum=pre(d, "pre_pos_sum"),
-                           pre_pos_count=pre(d, "pre_pos_count"))
+                           pre_pos_count=pre(d, "pre_pos_count"),
+                           below={float(k[len(_BELOW):]): float(np.asarray(_leaf(v), np.float64))
+                                  for k, v in d.items() if k.startswith(_BELOW)})
           for name, d in sorted(found.items(), key=lambda kv: layer_sort_key(kv[0]))}
 
 
@@ -191,8 +202,9 @@ _MEAN_OVER_ALL = ("nonzero_frac", "dead_frac", "lazy_frac")
 def metrics_from_stats(stats: Mapping[str, LayerStats], split: str,
                        flops_info: Any = None) -> dict[str, float]:
   """The sparsity metrics of one split: `sparsity/<split>/<layer>/<metric>` for the metrics of
-  `_LAYER_METRICS` (and `_PREACT_METRICS` where the pre-activation sums were sown), and their means
-  over layers, `sparsity/<split>/mean/<metric>`.
+  `_LAYER_METRICS` (and `_PREACT_METRICS` where the pre-activation sums were sown, and
+  `frac_abs_le_<t>` per magnitude threshold t where those counts were sown), and their means over
+  layers, `sparsity/<split>/mean/<metric>`.
 
   With `flops_info` (`flops.ForwardFlops` of the model: its MLP layers' FLOPs and its forward
   FLOPs per example), also the FLOPs that the measured zeros make skippable
@@ -205,6 +217,10 @@ def metrics_from_stats(stats: Mapping[str, LayerStats], split: str,
     for name in names:
       value = getattr(s, name)
       out[f"sparsity/{split}/{layer}/{name}"] = value
+      values.setdefault(name, []).append(value)
+    for t in sorted(s.below):
+      name = f"frac_abs_le_{t:g}"
+      out[f"sparsity/{split}/{layer}/{name}"] = value = s.frac_abs_le(t)
       values.setdefault(name, []).append(value)
   for name, vals in values.items():
     if name not in _MEAN_OVER_ALL:  # skip the layers where it is undefined (e.g. all neurons dead)

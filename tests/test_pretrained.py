@@ -1,0 +1,206 @@
+"""Pretrained checkpoints in (lazy_neuron.pretrained, `lazy-neuron import`).
+
+The fixtures under tests/fixtures/pretrained/ are tiny random models written by transformers / timm
+themselves, with those libraries' logits and forward-hook activation counts
+(scripts/make_pretrained_fixtures.py; versions in versions.json).
+"""
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from lazy_neuron import cli, pretrained
+from lazy_neuron.pretrained import tensors
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "pretrained")
+# name -> path under FIXTURES
+KINDS = {"t5_v1_0": "t5_v1_0", "t5_v1_1": "t5_v1_1", "timm_vit": "timm_vit", "hf_vit": "hf_vit",
+         "big_vision_vit": "big_vision_vit.npz"}
+BATCH_KEYS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "image")
+
+
+@pytest.fixture(scope="module")
+def loaded():
+  return {name: pretrained.load(os.path.join(FIXTURES, path)) for name, path in KINDS.items()}
+
+
+def _ref(name):
+  return np.load(os.path.join(FIXTURES, f"{name}_ref.npz"))
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_logits_and_hook_sparsity_equal_the_source_library(name, loaded):
+  model, ref = loaded[name], _ref(name)
+  batch = {k: ref[k] for k in BATCH_KEYS if k in ref.files}
+  logits, metrics = model.apply(batch)
+  logits, want = np.asarray(logits), ref["logits"]
+  if "decoder_target_tokens" in batch:
+    # The 370-id vocabulary is padded to 384 (a multiple of 128): the real ids' logits are the
+    # library's, on the real target positions.
+    assert logits.shape[-1] == 384 and want.shape[-1] == 370
+    real = batch["decoder_target_tokens"] > 0
+    logits, want = logits[..., :370][real], want[real]
+  # f32 forward passes of a few hundred multiply-adds per output: well inside 1e-4 relative.
+  err = np.max(np.abs(logits - want)) / np.max(np.abs(want))
+  assert err <= 1e-4, err
+  layers = sorted({k.split("/")[1] + "/" + k.split("/")[2] for k in ref.files
+                   if k.startswith("hook/")})
+  assert layers and all(f"sparsity/eval/{l}/nonzero_frac" in metrics for l in layers)
+  d_ff = model.config.model.mlp_dim
+  for layer in layers:
+    h = lambda key: int(ref[f"hook/{layer}/{key}"])
+    entries = h("tokens") * d_ff
+    nonzero = round(metrics[f"sparsity/eval/{layer}/nonzero_frac"] * entries)
+    # Equal, up to the entries within 1e-5 of zero (whose sign may follow the summation order).
+    assert abs(nonzero - h("nonzero")) <= h("borderline"), (layer, nonzero, h("nonzero"))
+    if model.config.model.activation != "relu":  # the magnitude-threshold curve (CATS / TEAL)
+      for t in pretrained.MAGNITUDE_THRESHOLDS:
+        below = round(metrics[f"sparsity/eval/{layer}/frac_abs_le_{t:g}"] * entries)
+        assert abs(below - h(f"below_{t:g}")) <= h(f"border_{t:g}"), (layer, t)
+
+
+def test_formats_and_sizes_come_from_the_weights(loaded):
+  kinds = {name: m.kind for name, m in loaded.items()}
+  assert kinds == {"t5_v1_0": "hf_t5", "t5_v1_1": "hf_t5", "timm_vit": "timm_vit",
+                   "hf_vit": "hf_vit", "big_vision_vit": "big_vision_vit"}
+  v10, v11 = loaded["t5_v1_0"].config.model, loaded["t5_v1_1"].config.model
+  assert (v10.mlp_gated, v10.logits_via_embedding, v10.activation) == (False, True, "relu")
+  assert (v11.mlp_gated, v11.logits_via_embedding, v11.activation) == (True, False, "gelu_tanh")
+  assert "wi_0" in loaded["t5_v1_1"].params["encoder"]["layer_00"]["mlp"]
+  vit = loaded["hf_vit"].config.model
+  assert (vit.width, vit.depth, vit.mlp_dim, vit.num_heads, vit.patch_size,
+          vit.layer_norm_eps) == (32, 2, 64, 4, 4, 1e-12)
+  # Vocabulary padding rows are zeros (never a real id).
+  emb = np.asarray(loaded["t5_v1_0"].params["shared_embedding"]["embedding"])
+  assert emb.shape == (384, 16) and not emb[370:].any() and emb[:370].any()
+
+
+def test_sharded_load_reads_each_shard_straight_into_its_device():
+  """On 8 fake devices, tensor parallel: every MLP kernel is read region by region (never whole),
+  and the sharded parameters equal the single-device load."""
+  from lazy_neuron import steps as steps_lib
+  from lazy_neuron.import_cmd import build_config
+  src = os.path.join(FIXTURES, "t5_v1_1")
+  conv = pretrained.convert(src)
+  config, info = build_config(conv, None, ["config.mesh=[('data', 2), ('model', 4)]",
+                                           "config.sharding_rules=tensor_parallel"])
+  setup = steps_lib.build_setup(config, info=info)
+  reads = []
+  for path, leaf in conv.leaves.items():
+    leaf.read = (lambda r, path=path: lambda b: (reads.append((path, b)), r(b))[1])(leaf.read)
+  with jax.set_mesh(setup.mesh):
+    params = tensors.materialize(conv.leaves, setup.abstract_state["params"],
+                                 setup.state_shardings["params"], setup.model, src)
+  wi = params["encoder"]["layer_00"]["mlp"]["wi_0"]["kernel"]
+  assert len(wi.sharding.device_set) == 8
+  assert {s.data.shape for s in wi.addressable_shards} == {(16, 8)}  # 32 columns over 4
+  mlp_reads = [b for p, b in reads if p.endswith("mlp/wi_0/kernel")]
+  assert mlp_reads and all(b[1][1] - b[1][0] == 8 for b in mlp_reads)
+  want = pretrained.load(src).params
+  for (p, a), b in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(p))
+
+
+def _cli(*args) -> int:
+  return cli.main(["lazy-neuron", *map(str, args)])
+
+
+# The whole chain on one T5 and one ViT kind; the other kinds import with the step-0 evaluation
+# and report (the same eval / train code runs on every imported workdir).
+FULL_CHAIN = ("t5_v1_1", "timm_vit")
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_import_eval_train_report_from_the_command_line(name, tmp_path, capsys):
+  wd = tmp_path / "wd"
+  full = name in FULL_CHAIN
+  assert _cli("import", f"--src={os.path.join(FIXTURES, KINDS[name])}", f"--workdir={wd}",
+              "--config.eval_batch_size=64", "--no-eval" if full else "--eval") == 0
+  assert {"config.json", "config.py", "sharding_plan.txt", "pretrained.json",
+          "checkpoints"} <= set(os.listdir(wd))
+  if full:
+    assert _cli("eval", f"--workdir={wd}") == 0
+  results = json.loads((wd / "eval_0.json").read_text())
+  assert 0 < results["sparsity/eval/mean/nonzero_frac"] <= 1
+  if name == "t5_v1_1":  # non-ReLU: the magnitude-threshold curve is measured and increasing
+    curve = [results[f"sparsity/eval/mean/frac_abs_le_{t:g}"]
+             for t in pretrained.MAGNITUDE_THRESHOLDS]
+    assert curve == sorted(curve) and curve[-1] > curve[0]
+  if full:
+    assert _cli("train", f"--config={wd / 'config.py'}", f"--workdir={wd}",
+                "--config.total_steps=1", "--config.eval_every_steps=0") == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert sorted(os.listdir(wd / "checkpoints"))[-1] == "1"
+  else:
+    assert (wd / "metrics.jsonl").exists() and (wd / "sparsity" / "step_0.npz").exists()
+  assert _cli("report", f"--out={tmp_path / 'report'}", wd) == 0
+  assert (tmp_path / "report" / "index.html").exists()
+
+
+def _bad_t5(tmp_path, edit=None, drop=None, files=None):
+  src = tmp_path / "src"
+  shutil.copytree(os.path.join(FIXTURES, "t5_v1_0"), src)
+  if edit:
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(edit)
+    (src / "config.json").write_text(json.dumps(cfg))
+  if drop:
+    (src / drop).unlink()
+  for name, text in (files or {}).items():
+    (src / name).write_text(text)
+  return src
+
+
+BAD = {
+    "unknown": (lambda t: (t / "src").mkdir() or (t / "src" / "weights.pt").write_text("x") and
+                t / "src", "no config.json (found weights.pt)"),
+    "unknown file": (lambda t: (t / "m.ckpt").write_text("x") and t / "m.ckpt",
+                     "is a file lazy_neuron does not know"),
+    "incomplete": (lambda t: _bad_t5(t, drop="model.safetensors"),
+                   "config.json but no model.safetensors"),
+    "missing shard": (lambda t: _bad_t5(t, files={"model.safetensors.index.json": json.dumps(
+        {"weight_map": {"shared.weight": "model-00002-of-00002.safetensors"}})}),
+        "lists 'model-00002-of-00002.safetensors', which is missing"),
+    "pytorch_model.bin only": (lambda t: _bad_t5(t, drop="model.safetensors",
+                                                 files={"pytorch_model.bin": "x"}),
+                               "has only pytorch_model.bin"),
+    "contradictory shapes": (lambda t: _bad_t5(t, edit={"d_model": 64}),
+                             "config.json d_model=64 contradicts the weights, which give "
+                             "d_model=16"),
+    "unsupported architecture": (lambda t: _bad_t5(t, edit={"model_type": "bert",
+                                                            "architectures": ["BertModel"]}),
+                                 "model_type='bert'"),
+    "unsupported activation": (lambda t: _bad_t5(t, edit={"dense_act_fn": "mish",
+                                                          "feed_forward_proj": "mish"}),
+                               "dense_act_fn='mish'"),
+    "t5x": (lambda t: (t / "src").mkdir() or (t / "src" / "checkpoint").write_text("x") and
+            t / "src", "a T5X checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_checkpoints_are_one_line_exit_2_and_write_nothing(case, tmp_path, capsys):
+  make, message = BAD[case]
+  src = make(tmp_path)
+  wd = tmp_path / "wd"
+  assert _cli("import", f"--src={src}", f"--workdir={wd}") == 2
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 1 and err[0].startswith("lazy-neuron: error: "), err
+  assert message in err[0], err[0]
+  assert not wd.exists()
+
+
+def test_notebook_runs_on_a_fixture_checkpoint(tmp_path, monkeypatch):
+  nbformat = pytest.importorskip("nbformat")
+  nbclient = pytest.importorskip("nbclient")
+  path = os.path.join(os.path.dirname(__file__), "..", "notebooks", "pretrained_sparsity.ipynb")
+  nb = nbformat.read(path, as_version=4)
+  monkeypatch.setenv("LAZY_NEURON_CHECKPOINT", os.path.join(FIXTURES, "t5_v1_1"))
+  nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                          resources={"metadata": {"path": str(tmp_path)}}).execute()
+  outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                    for o in c.get("outputs", []))
+  assert "encoder/layer_00" in outputs
