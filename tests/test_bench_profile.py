@@ -6,18 +6,23 @@ import pytest
 from lazy_neuron.bench import profile
 
 
-@pytest.mark.parametrize("kernel,hlo_op,want", [
-    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "command_buffer_3", "matmul"),
-    ("nvjet_hsh_256x128_64x4_2x1_v_bz_coopA_TNN", "cublas-gemm.12", "matmul"),
-    ("sm90_xmma_fprop_implicit_gemm", "cudnn-conv-bias-activation.3", "matmul"),
-    ("cudnn_generated_fort_native_sdpa_sm90_knob_7", "custom-call.4", "attention"),
-    ("topk_mask_fwd", "custom-call.9", "top-k"),
-    ("input_reduce_fusion_12", "command_buffer_1", "reduction"),
-    ("loop_multiply_fusion_3", "command_buffer_1", "elementwise"),
-    ("transpose_fusion", "copy.4", "copy"),
-    ("some_kernel", "while.2", "other"),
-])
-def test_op_class(kernel, hlo_op, want):
+# kernel name, HLO op name -> class (names as XLA, cuBLAS, cuDNN and our kernels spell them)
+CASES = """
+    sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64 command_buffer_3 -> matmul
+    nvjet_hsh_256x128_64x4_2x1_v_bz_coopA_TNN cublas-gemm.12 -> matmul
+    sm90_xmma_fprop_implicit_gemm cudnn-conv-bias-activation.3 -> matmul
+    cudnn_generated_fort_native_sdpa_sm90_knob_7 custom-call.4 -> attention
+    topk_mask_fwd custom-call.9 -> top-k
+    input_reduce_fusion_12 command_buffer_1 -> reduction
+    loop_multiply_fusion_3 command_buffer_1 -> elementwise
+    transpose_fusion copy.4 -> copy
+    some_kernel while.2 -> other
+"""
+
+
+@pytest.mark.parametrize("case", CASES.strip().splitlines())
+def test_op_class(case):
+  kernel, hlo_op, _, want = case.split()
   assert profile.op_class(kernel, hlo_op) == want
 
 
