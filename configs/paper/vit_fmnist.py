@@ -16,6 +16,8 @@ Fashion-MNIST comes from TFDS or from Debian's dataset-fashion-mnist (docs/visio
 Args: scale=smoke|cpu|gpu, topk=K (0 = dense), label_noise=P (symmetric, train labels only),
 eval_examples=N (0 = the scale's: smoke 64, cpu 2000, gpu the whole 10k test split).
 """
+import ml_collections
+
 from lazy_neuron import checks, data, experiment
 from lazy_neuron.config_lib import parse_arg
 
@@ -23,6 +25,11 @@ from lazy_neuron.config_lib import parse_arg
 SCALES = {"smoke": (6, 16, 3, 64, (64, 2, 128, 2, 7)),
           "cpu": (1000, 64, 200, 2000, (64, 4, 512, 4, 7)),
           "gpu": (30_000, 256, 1000, None, (384, 6, 1536, 6, 4))}
+
+# scale -> the corrupted evaluation of C12/C13: ImageNet-C's 15 corruptions x 5 severities
+CORRUPTION_EVAL = {"smoke": dict(spec="gaussian_noise,contrast:1-5", examples=16),
+                   "cpu": dict(spec="common", examples=256),
+                   "gpu": dict(spec="common", examples=2000)}
 
 
 def get_config(arg=None):
@@ -39,6 +46,9 @@ def get_config(arg=None):
       total_steps=steps, batch_size=batch, log_every_steps=min(50, eval_every),
       eval_every_steps=eval_every, checkpoint_every_steps=steps)
   c.model.update(dict(zip(("width", "depth", "mlp_dim", "num_heads", "patch_size"), sizes)))
+  # Read by `lazy-neuron reproduce` (C12, C13): the corruptions (lazy_neuron/corruptions.py) and the
+  # number of test images its corrupted evaluation of the final checkpoint uses.
+  c.corruption_eval = ml_collections.ConfigDict(CORRUPTION_EVAL[arg.scale])
   if arg.scale == "smoke":
     c.log_every_steps = 2
   return c
