@@ -80,6 +80,14 @@ def idx_files(idx_dir: str):
 
 def tfds_prepared(data_dir) -> bool:
   """Whether TFDS's fashion_mnist is prepared as ArrayRecord in `data_dir` (None: TFDS's default)."""
+  from etils import epath
+
+  root = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+  try:  # a cheap, quiet look first: TFDS itself logs warnings about half-written folders
+    if not any(epath.Path(os.path.expanduser(root)).glob(f"{TFDS_NAME}/*/dataset_info.json")):
+      return False
+  except Exception:  # an unreadable data dir: not usable
+    return False
   import tensorflow_datasets as tfds
 
   try:
