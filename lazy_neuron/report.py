@@ -30,8 +30,9 @@ SPLITS = ("train", "eval")
 # Per-run figure files, relative to OUT/<run slug>/.
 RUN_FIGURES = {"layers_vs_step": "layers_vs_step.png", "final_layers": "final_layers.png",
                "firing_hist": "firing_hist.png"}
-COMPARE_FIGURES = {"compare_sparsity": "compare_sparsity.png", "compare_loss": "compare_loss.png",
-                   "reliability": "reliability.png"}
+COMPARE_FIGURES = {"compare_sparsity": "compare_sparsity.png", "compare_loss": "compare_loss.png"}
+# Drawn when some run has a corrupted evaluation (`lazy-neuron eval --corruptions`).
+RELIABILITY_FIGURE = "reliability.png"
 
 
 # ---- layer groups and colours ------------------------------------------------------------------
@@ -418,7 +419,7 @@ def write_report(runs: Sequence[Run], out: str) -> str:
       compare[kind] = COMPARE_FIGURES[kind]
       _save_fig(make(runs), root / compare[kind])
   if any(reliability_bins(r) for r in runs):
-    compare["reliability"] = COMPARE_FIGURES["reliability"]
+    compare["reliability"] = RELIABILITY_FIGURE
     _save_fig(fig_reliability(runs), root / compare["reliability"])
   summary = {"generated_by": "lazy-neuron report", "runs": summaries, "figures": compare}
   fileio.write_atomic(root / "summary.json", json.dumps(summary, indent=1) + "\n")

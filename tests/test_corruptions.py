@@ -216,6 +216,15 @@ def test_eval_corruptions_cli_and_refusals(smoke, capsys, tmp_path):
   assert "Fashion-MNIST not found" in line
 
 
+def test_reliability_diagram_in_the_report(smoke, tmp_path, capsys):
+  from lazy_neuron import report
+  runs = [os.path.join(smoke, "runs", n) for n in ("vit_fmnist", "vit_fmnist_topk16")]
+  assert report.main(["lazy-neuron report", *runs, f"--out={tmp_path}"]) == 0
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["figures"]["reliability"] == report.RELIABILITY_FIGURE
+  assert (tmp_path / report.RELIABILITY_FIGURE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_registry_has_the_vision_claims():
   assert list(claims.CLAIMS) == ["C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9", "C10",
                                  "C11", "C12", "C13", "C14"]
