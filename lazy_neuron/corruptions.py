@@ -36,6 +36,7 @@ import numpy as np
 
 from lazy_neuron import checks
 from lazy_neuron.data import pipeline
+from lazy_neuron.errors import UserError
 
 COMMON = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
           "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
@@ -96,8 +97,12 @@ def _library():
   if _LIB is None:
     with warnings.catch_warnings():  # it imports pkg_resources, which warns on import
       warnings.simplefilter("ignore")
-      import imagecorruptions
-      from imagecorruptions import corruptions as mod
+      try:
+        import imagecorruptions
+        from imagecorruptions import corruptions as mod
+      except ImportError as e:
+        raise UserError(f"the corruptions need the imagecorruptions package ({e}); "
+                        "pip install imagecorruptions opencv-python-headless") from None
     from skimage.filters import gaussian
 
     def gaussian_compat(image, *args, multichannel=None, **kwargs):
@@ -191,6 +196,7 @@ def corrupt_batch(images: np.ndarray, index: np.ndarray, name: str, severity: in
 
 def batch_transform(name: str, severity: int) -> Callable[[np.ndarray, dict], dict]:
   """`fn(global_indices, batch) -> batch` with the batch's "image" corrupted (for `data.build`)."""
+  _library()  # imported here, in the caller's thread: a missing package is a UserError, not a crash
   def transform(index: np.ndarray, batch: dict) -> dict:
     return {**batch, "image": corrupt_batch(np.asarray(batch["image"]), index, name, severity)}
   transform.fingerprint = f"{name}:{severity}"

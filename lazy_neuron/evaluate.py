@@ -6,9 +6,10 @@ Without --config the workdir's own config.json is used. Results are printed and 
 DIR/eval_<step>.json (and DIR/sparsity/step_<step>.npz); metrics.jsonl is left as training wrote it.
 `evaluate(...)` is also the trainer's periodic evaluation.
 
-`--corruptions=all|common|extra|NAME[,NAME...][:SEV|:LO-HI]` (image classifiers) also evaluates on
-the eval split corrupted on the fly (lazy_neuron/corruptions.py: ImageNet-C's corruptions, severities
-1..5, deterministic per example) and writes DIR/eval_corrupted_<step>.json: the clean metrics,
+`--corruptions=all|common|extra|NAME[,NAME...][:SEV|:LO-HI]` (image classifiers) evaluates on the
+clean eval split and on it corrupted on the fly (lazy_neuron/corruptions.py: ImageNet-C's
+corruptions, severities 1..5, deterministic per example) and writes, instead of eval_<step>.json and
+the sparsity file, DIR/eval_corrupted_<step>.json: the clean metrics,
 `eval_corrupted/<name>/<severity>/{accuracy,ece,nll,nonzero_frac}`, their means over corruptions per
 severity (`eval_corrupted/mean/<severity>/...`) and over every corrupted pair
 (`eval_corrupted/mean/...`), and `reliability`: the 15 confidence bins (count, confidence sum, correct
