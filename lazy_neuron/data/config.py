@@ -84,7 +84,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "fashion_mnist": {
         "source": "auto",  # "auto" | "tfds" | "idx" (data/fashion_mnist.py)
         "data_dir": config_dict.placeholder(str),  # TFDS data dir; None: TFDS's default
-        "idx_dir": "/usr/share/datasets/fashion-mnist",  # the IDX files (Debian's dataset-fashion-mnist)
+        # the IDX files: $LAZY_NEURON_FASHION_MNIST_DIR, else where Debian's dataset-fashion-mnist puts them
+        "idx_dir": os.environ.get("LAZY_NEURON_FASHION_MNIST_DIR") or "/usr/share/datasets/fashion-mnist",
         "image_size": 28,  # resize (bilinear) to image_size x image_size
         "channels": 1,  # 1 (grayscale) or 3 (replicated)
         "eval_examples": config_dict.placeholder(int),  # None: all 10k test images; N: the first N

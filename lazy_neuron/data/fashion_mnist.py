@@ -7,7 +7,9 @@ Read from one of two places (`data.source`):
   it is then read like any `tfds` dataset (`data/images.py`), without TensorFlow.
 - `"idx"`: the original IDX files (`train-images-idx3-ubyte[.gz]` etc.) in `data.idx_dir`, e.g. from
   Debian's `dataset-fashion-mnist` package (`apt-get install dataset-fashion-mnist`, installed at
-  /usr/share/datasets/fashion-mnist). The four files are read into memory (55 MB) on first use.
+  /usr/share/datasets/fashion-mnist, the default; `$LAZY_NEURON_FASHION_MNIST_DIR` overrides the
+  default, e.g. for `lazy-neuron reproduce`, which takes no config overrides). The four files are read
+  into memory (55 MB) on first use.
 - `"auto"` (default): TFDS when `fashion_mnist` is prepared there as ArrayRecord, else the IDX files,
   else a one-line error naming both ways.
 
@@ -28,7 +30,6 @@ from lazy_neuron.data.digits import DigitsSource
 from lazy_neuron.errors import UserError
 
 NUM_CLASSES = 10
-IDX_DIR = "/usr/share/datasets/fashion-mnist"
 TFDS_NAME = "fashion_mnist"
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "eval": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
