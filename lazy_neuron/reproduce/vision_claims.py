@@ -258,8 +258,9 @@ def judge_c13(runs: Mapping[str, Run]) -> Verdict:
 # Corrupted evaluation before judging (C12, C13)
 # ================================================================================================
 def ensure_corrupted_eval(run: Run, stream=None) -> None:
-  """Writes the run's eval_corrupted_<step>.json when it is missing, for the corruptions and number
-  of test images of its config's `corruption_eval` (nothing when the config has none)."""
+  """Writes the run's eval_corrupted_<step>.json when it is missing, for the corruptions, number of
+  test images and pipeline worker processes of its config's `corruption_eval` (nothing when the
+  config has none)."""
   plan_cfg = (run.config or {}).get("corruption_eval")
   if not plan_cfg or corrupted_metrics(run):
     return
@@ -268,6 +269,7 @@ def ensure_corrupted_eval(run: Run, stream=None) -> None:
   config = evaluate._config_from_workdir(run.workdir)
   with config.unlocked():
     config.data.eval_examples = int(plan_cfg["examples"])
+    config.data.num_workers = int(plan_cfg.get("workers", 0))
   print(f"{run.name}: evaluating step {run.last_step} on corruptions {plan_cfg['spec']!r} "
         f"({plan_cfg['examples']} test images)", file=stream or sys.stdout, flush=True)
   evaluate.run(config, run.workdir, stream=stream, corruptions=corruptions.parse(plan_cfg["spec"]))
