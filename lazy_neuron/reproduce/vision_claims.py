@@ -116,7 +116,10 @@ def _group_fall(run: Run, word: str) -> tuple[str, dict]:
   if not layers or None in pairs:
     return "undecided", {"reason": f"no {word} layers with a step-0 and later eval value"}
   start, final = (float(np.mean(v)) for v in zip(*pairs))
-  ev = {"layers": len(layers), "start_nonzero": _r(start), "final_nonzero": _r(final)}
+  ev = {"layers": len(layers), "start_nonzero": _r(start), "final_nonzero": _r(final),
+        "final_layer_nonzero": {layer: _r(p[1]) for layer, p in zip(layers, pairs)},
+        "final_train_nonzero": _r(np.mean([run.final(f"sparsity/train/{layer}/nonzero_frac")
+                                           for layer in layers]))}
   return ("yes" if final < start - DROP else "no" if final >= start else "undecided"), ev
 
 
