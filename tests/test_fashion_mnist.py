@@ -141,3 +141,17 @@ def test_missing_data_is_one_line(tmp_path):
   assert "apt-get install dataset-fashion-mnist" in msg
   with pytest.raises(UserError, match="data.source='web' is not valid"):
     data.validate(data.get_data_config("fashion_mnist", source="web"))
+
+
+def test_tfds_copy_is_read_through_the_tfds_source():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=24):
+    c = data.get_data_config("fashion_mnist", source="tfds", label_noise=0.5, eval_examples=10)
+    info = data.info(c)
+    assert (info.image_shape, info.num_train_examples, info.num_eval_examples) == ((28, 28, 1), 24, 10)
+    it = data.build(c, split="train", batch_size=8, seed=0)
+    batch = next(it)
+    assert batch["image"].shape == (8, 28, 28, 1) and -1 <= batch["image"].min() <= 1
+    assert it.get_state()["fingerprint"]["backend"] == "tfds"  # never resumed from the IDX copy
+    (ev,) = list(data.build(c, split="eval", batch_size=16, seed=0))
+    assert ev["mask"].sum() == 10
