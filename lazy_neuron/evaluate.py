@@ -1,9 +1,19 @@
-"""`lazy-neuron eval --workdir=DIR [--config=...] [--config.k=v]`: evaluate a workdir's latest
-checkpoint (accuracy, loss, calibration for classifiers, and activation sparsity on eval data).
+"""`lazy-neuron eval --workdir=DIR [--config=...] [--config.k=v] [--corruptions=SPEC]`: evaluate a
+workdir's latest checkpoint (accuracy, loss, calibration for classifiers, and activation sparsity on
+eval data).
 
 Without --config the workdir's own config.json is used. Results are printed and written to
 DIR/eval_<step>.json (and DIR/sparsity/step_<step>.npz); metrics.jsonl is left as training wrote it.
 `evaluate(...)` is also the trainer's periodic evaluation.
+
+`--corruptions=all|common|extra|NAME[,NAME...][:SEV|:LO-HI]` (image classifiers) evaluates on the
+clean eval split and on it corrupted on the fly (lazy_neuron/corruptions.py: ImageNet-C's
+corruptions, severities 1..5, deterministic per example) and writes, instead of eval_<step>.json and
+the sparsity file, DIR/eval_corrupted_<step>.json: the clean metrics,
+`eval_corrupted/<name>/<severity>/{accuracy,ece,nll,nonzero_frac}`, their means over corruptions per
+severity (`eval_corrupted/mean/<severity>/...`) and over every corrupted pair
+(`eval_corrupted/mean/...`), and `reliability`: the 15 confidence bins (count, confidence sum, correct
+sum) of the clean and of every corrupted evaluation, for reliability diagrams.
 """
 from __future__ import annotations
 
@@ -53,10 +63,18 @@ def evaluate(steps: steps_lib.Steps, params, config, step: int,
 
 def evaluate_with_stats(steps: steps_lib.Steps, params, config) -> tuple[dict[str, float], Any]:
   """`evaluate` without the save: (metrics, flattened sparsity statistics or None)."""
+  result, stats, _ = _evaluate(steps, params, config)
+  return result, stats
+
+
+def _evaluate(steps: steps_lib.Steps, params, config, eval_transform=None):
+  """(metrics, sparsity statistics or None, ECE bin sums or {}) on the eval split, its batches
+  passed through `eval_transform` (see `data.build`) when given."""
   s = steps.s
   eval_batch = config.get("eval_batch_size") or config.batch_size
   it = data.build(config.data, split="eval", batch_size=eval_batch, seed=config.seed,
-                  process_index=jax.process_index(), process_count=jax.process_count())
+                  process_index=jax.process_index(), process_count=jax.process_count(),
+                  eval_transform=eval_transform)
   outs = []
   with it, steps.context():
     for batch in it:
@@ -65,7 +83,7 @@ def evaluate_with_stats(steps: steps_lib.Steps, params, config) -> tuple[dict[st
         jax.block_until_ready(out)
       outs.append(out)
   if not outs:
-    return {}, None
+    return {}, None, {}
   merged = [_batch_metrics(out) for out in jax.device_get(outs)]  # one sync, after the last batch
   total = merged[0]
   for m in merged[1:]:
@@ -78,7 +96,56 @@ def evaluate_with_stats(steps: steps_lib.Steps, params, config) -> tuple[dict[st
   if total["sparsity"]:
     stats = sparsity.flatten_stats(total["sparsity"])
     result.update(sparsity.metrics_from_stats(stats, "eval", s.flops_info))
-  return result, stats
+  return result, stats, total["ece"]
+
+
+# ================================================================================================
+# Corrupted inputs
+# ================================================================================================
+IMAGE_SOURCES = ("digits", "fashion_mnist", "tfds")
+NONZERO = "sparsity/eval/mean/nonzero_frac"
+
+
+def check_corruptible(config, workdir: str) -> None:
+  """UserError unless `config` is an image classifier (corruptions act on images)."""
+  name = config.data.get("name")
+  if name not in IMAGE_SOURCES:
+    raise UserError(f"--corruptions needs an image classifier, but {workdir!r} trains on "
+                    f"data.name={name!r}; corruptions apply to data.name one of "
+                    f"{', '.join(IMAGE_SOURCES)}")
+
+
+def _bins(ece_sums: dict) -> dict:
+  return {k[len("ece_"):]: np.asarray(v, np.float64).round(6).tolist() for k, v in ece_sums.items()}
+
+
+def evaluate_corrupted(steps: steps_lib.Steps, params, config, plan) -> dict:
+  """Clean and corrupted evaluation of `params` for `plan` [(corruption, severity)]: the metrics
+  described in the module doc, plus "reliability" (the ECE bins of each evaluation)."""
+  from lazy_neuron import corruptions
+
+  out, reliability = {}, {}
+  clean, _, bins = _evaluate(steps, params, config)
+  out.update(clean)
+  reliability["clean"] = _bins(bins)
+  per_severity: dict = {}
+  for name, severity in plan:
+    result, _, bins = _evaluate(steps, params, config, corruptions.batch_transform(name, severity))
+    values = {"accuracy": result["eval/accuracy"], "nll": result["eval/loss"],
+              "ece": result.get("eval/ece", float("nan")),
+              "nonzero_frac": result.get(NONZERO, float("nan"))}
+    for metric, value in values.items():
+      out[f"eval_corrupted/{name}/{severity}/{metric}"] = value
+      per_severity.setdefault(severity, {}).setdefault(metric, []).append(value)
+    reliability[f"{name}/{severity}"] = _bins(bins)
+  every: dict = {}
+  for severity, metrics in sorted(per_severity.items()):
+    for metric, values in metrics.items():
+      out[f"eval_corrupted/mean/{severity}/{metric}"] = float(np.mean(values))
+      if severity > 0:
+        every.setdefault(metric, []).extend(values)
+  out.update({f"eval_corrupted/mean/{m}": float(np.mean(v)) for m, v in every.items()})
+  return {**out, "reliability": reliability}
 
 
 def _config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
@@ -98,10 +165,13 @@ def _config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-def run(config, workdir: str, stream=None) -> dict[str, float]:
+def run(config, workdir: str, stream=None, corruptions=None) -> dict[str, float]:
   """Evaluates the newest usable checkpoint of `workdir`; writes DIR/eval_<step>.json and
-  DIR/sparsity/step_<step>.npz, and nothing at all when it fails."""
+  DIR/sparsity/step_<step>.npz (and DIR/eval_corrupted_<step>.json for a `corruptions` plan
+  [(name, severity)]), and nothing at all when it fails."""
   stream = sys.stdout if stream is None else stream  # looked up now: tests capture sys.stdout
+  if corruptions:
+    check_corruptible(config, workdir)
   # Where the results go is checked before the (long) evaluation, not after it.
   workdir_lib.check_paths(workdir, dirs=("sparsity",), reads=("checkpoints/",))
   setup = steps_lib.build_setup(config)
@@ -120,7 +190,10 @@ def run(config, workdir: str, stream=None) -> dict[str, float]:
   if restored is None:
     raise UserError(f"{workdir!r} has no usable checkpoint (see the warnings above); train again")
   step, state = restored[0], restored[1]
-  workdir_lib.check_paths(workdir, files=(f"eval_{step}.json", f"sparsity/step_{step}.npz"))
+  workdir_lib.check_paths(workdir, files=(f"eval_{step}.json", f"sparsity/step_{step}.npz")
+                          + ((f"eval_corrupted_{step}.json",) if corruptions else ()))
+  if corruptions:
+    return _run_corrupted(steps, state["params"], config, step, workdir, corruptions, stream)
   results = evaluate(steps, state["params"], config, step, workdir)
   if jax.process_index() == 0:
     fileio.write_atomic(epath.Path(workdir) / f"eval_{step}.json",
@@ -131,21 +204,41 @@ def run(config, workdir: str, stream=None) -> dict[str, float]:
   return results
 
 
+def _run_corrupted(steps, params, config, step, workdir, plan, stream) -> dict:
+  results = evaluate_corrupted(steps, params, config, plan)
+  if jax.process_index() == 0:
+    fileio.write_atomic(epath.Path(workdir) / f"eval_corrupted_{step}.json",
+                        json.dumps({"step": step, **results}, indent=1, sort_keys=True))
+    for key in sorted(results):
+      if key.startswith("eval/") or key.startswith("eval_corrupted/mean/"):
+        print(f"{key:<48} {results[key]:.6g}", file=stream)
+    print(f"evaluated checkpoint {step} of {workdir} on {len(plan)} corrupted eval sets: "
+          f"eval_corrupted_{step}.json", file=stream, flush=True)
+  return results
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv if argv is None else argv)
   p = flags.parser(argv[0], __doc__.split("\n\n")[0])
   p.add_argument("--workdir", required=True, help="a training workdir (with checkpoints)")
   p.add_argument("--config", default=None,
                  help="configs/<exp>.py[:args]; default: the workdir's config.json")
+  p.add_argument("--corruptions", default=None,
+                 help="all | common | extra | NAME[,NAME...][:SEV|:LO-HI]: also evaluate on "
+                      "corrupted eval images (ImageNet-C's corruptions, severities 1..5)")
   try:
     ns, overrides = flags.parse(p, argv[1:], config_overrides=True)
+    plan = None
+    if ns.corruptions is not None:
+      from lazy_neuron import corruptions
+      plan = corruptions.parse(ns.corruptions)
     if ns.config is None:
       if overrides:
         raise UserError("--config.KEY overrides need --config=configs/<exp>.py")
       config = _config_from_workdir(ns.workdir)
     else:
       config = config_lib.load_config(ns.config, overrides)
-    run(config, ns.workdir)
+    run(config, ns.workdir, corruptions=plan)
   except UserError as e:
     return errors.report(e)
   return 0

@@ -2,7 +2,8 @@
 
 Per run: per-layer % nonzero vs step (train and eval, 50%-at-init line), per-layer % nonzero at the
 final eval step, and the histogram of per-neuron firing frequencies (dead and lazy neurons marked).
-Across runs: mean % nonzero vs step and loss curves. OUT may be local or gs://. Every workdir is
+Across runs: mean % nonzero vs step and loss curves, and (for runs evaluated with `lazy-neuron eval
+--corruptions`) a reliability diagram on clean and on corrupted data. OUT may be local or gs://. Every workdir is
 read and checked before anything is written, so bad input leaves OUT untouched.
 """
 from __future__ import annotations
@@ -30,6 +31,8 @@ SPLITS = ("train", "eval")
 RUN_FIGURES = {"layers_vs_step": "layers_vs_step.png", "final_layers": "final_layers.png",
                "firing_hist": "firing_hist.png"}
 COMPARE_FIGURES = {"compare_sparsity": "compare_sparsity.png", "compare_loss": "compare_loss.png"}
+# Drawn when some run has a corrupted evaluation (`lazy-neuron eval --corruptions`).
+RELIABILITY_FIGURE = "reliability.png"
 
 
 # ---- layer groups and colours ------------------------------------------------------------------
@@ -244,6 +247,43 @@ def fig_compare_loss(runs: Sequence[Run]):
 
 
 # ---- summary, HTML, writing --------------------------------------------------------------------
+def reliability_bins(run: Run) -> dict | None:
+  """The ECE bins ({"clean": {count, conf, correct}, "<corruption>/<severity>": ...}) of the run's
+  newest eval_corrupted_<step>.json (`lazy-neuron eval --corruptions`), or None."""
+  from etils import epath
+  files = sorted(epath.Path(run.workdir).glob("eval_corrupted_*.json"),
+                 key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
+  if not files:
+    return None
+  return json.loads(files[-1].read_text()).get("reliability")
+
+
+def fig_reliability(runs: Sequence[Run]):
+  """Reliability diagram (accuracy vs confidence per 15-bin confidence bin; the diagonal is perfect
+  calibration), on clean data and on every corrupted evaluation pooled, one line per run."""
+  fig, axes = _figure(11, 4.5, ncols=2)
+  for run, color in zip(runs, _run_colors(runs)):
+    bins = reliability_bins(run) or {}
+    corrupted = [b for k, b in bins.items() if k != "clean" and not k.endswith("/0")]
+    pooled = {k: np.sum([b[k] for b in corrupted], 0) for k in ("count", "conf", "correct")} \
+        if corrupted else None
+    for ax, b in zip(axes, (bins.get("clean"), pooled)):
+      if not b:
+        continue
+      n, conf, correct = (np.asarray(b[k], np.float64) for k in ("count", "conf", "correct"))
+      ece = float(np.abs(correct - conf).sum() / max(n.sum(), 1e-9))
+      used = n > 0
+      ax.plot(conf[used] / n[used], correct[used] / n[used], color=color, marker="o", lw=1.5,
+              label=f"{run.name} (ECE {ece:.3f})")
+  for ax, title in zip(axes, ("clean eval data", "corrupted eval data (all pooled)")):
+    ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1, label="perfect calibration")
+    ax.set(title=title, xlabel="confidence (bin mean)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    _legend(ax, len(runs) + 1)
+  fig.suptitle("reliability diagram")
+  return fig
+
+
 def _clean(x: Any) -> Any:
   """NaN/inf -> None, recursively, so summary.json is strict JSON."""
   if isinstance(x, float):
@@ -378,6 +418,9 @@ def write_report(runs: Sequence[Run], out: str) -> str:
     for kind, make in (("compare_sparsity", fig_compare_sparsity), ("compare_loss", fig_compare_loss)):
       compare[kind] = COMPARE_FIGURES[kind]
       _save_fig(make(runs), root / compare[kind])
+  if any(reliability_bins(r) for r in runs):
+    compare["reliability"] = RELIABILITY_FIGURE
+    _save_fig(fig_reliability(runs), root / compare["reliability"])
   summary = {"generated_by": "lazy-neuron report", "runs": summaries, "figures": compare}
   fileio.write_atomic(root / "summary.json", json.dumps(summary, indent=1) + "\n")
   index = root / "index.html"

@@ -188,7 +188,8 @@ def test_length_guard():
 
 
 def test_registry():
-  assert list(claims.CLAIMS) == ["C1", "C3", "C4", "C5", "C6", "C7", "C8", "C9", "C10", "C14"]
+  assert list(claims.CLAIMS) == ["C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9", "C10",
+                                 "C11", "C12", "C13", "C14"]
   for scale in claims.SCALES:  # every experiment's config loads and validates at every scale
     exps = claims.experiments_for(list(claims.CLAIMS), scale)
     assert len({e.name for e in exps}) == len(exps)
@@ -253,7 +254,7 @@ def _refuses(argv, capsys, *roots):
 
 def test_bad_claim_and_scale(tmp_path, capsys):
   out = str(tmp_path / "out")
-  assert "C2 is not a claim id" in _refuses(["--claims=C1,C2", f"--out={out}"], capsys, tmp_path)
+  assert "C15 is not a claim id" in _refuses(["--claims=C1,C15", f"--out={out}"], capsys, tmp_path)
   assert "is not a claim id" in _refuses(["--claims=C1,", f"--out={out}"], capsys, tmp_path)
   assert "--scale='tpu'" in _refuses(["--scale=tpu", f"--out={out}"], capsys, tmp_path)
   assert "--out" in _refuses(["--claims=C1"], capsys, tmp_path)

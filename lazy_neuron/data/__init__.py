@@ -5,6 +5,8 @@ Sources (`data.name`):
 - `docstrings`: T5 span corruption on the Python standard library's docstrings (offline), tokenised
   by a cached sentencepiece model trained on them (`tokenizer="spm"`), bytes, or a given `.model`.
 - `digits`: scikit-learn's 8x8 digits as a TFDS ArrayRecord builder read via `tfds.data_source`.
+- `fashion_mnist`: Fashion-MNIST (60k/10k 28x28), from TFDS's ArrayRecord `fashion_mnist` or the
+  original IDX files (Debian's `dataset-fashion-mnist`), whichever is there.
 - `gaussian`: i.i.d. Gaussian inputs with random labels, a fresh example every step (infinite data).
 - `tfds`: any TFDS image-classification dataset prepared as ArrayRecord (`data.dataset`), read with
   `tfds.data_source`, ViT-style preprocessing; `label_noise` / `random_labels` switches (also digits).
@@ -60,6 +62,9 @@ def _source(cfg):
   if name == "digits":
     from lazy_neuron.data.digits import DigitsSource
     return DigitsSource(cfg)
+  if name == "fashion_mnist":
+    from lazy_neuron.data.fashion_mnist import make_source
+    return make_source(cfg)
   if name == "gaussian":
     from lazy_neuron.data.gaussian import GaussianSource
     return GaussianSource(cfg)
@@ -107,12 +112,14 @@ def check_steps(data_config, total_steps: int, batch_size: int, info: DataInfo |
 
 
 def build(data_config, *, split: str, batch_size: int, seed: int, process_index: int = 0,
-          process_count: int = 1) -> DataIterator:
+          process_count: int = 1, eval_transform=None) -> DataIterator:
   """A batch iterator of this process's share (batch_size // process_count) of each global batch.
 
   split="train": infinite, order depends only on `seed`; `get_state()`/`set_state()` resume exactly.
   split="eval": finite, the same batches on every call; the last batch is padded and every batch has
   "mask" (float32 [B], 1 real / 0 padding). Processes get disjoint shards that together cover the data.
+  `eval_transform(global_indices, batch) -> batch` (eval only) changes each batch before padding, in
+  the pipeline's threads: e.g. `corruptions.batch_transform` (its `fingerprint` joins the state's).
   """
   cfg = _validate(data_config)
   checks.choice("split", split, SPLITS)
@@ -123,6 +130,10 @@ def build(data_config, *, split: str, batch_size: int, seed: int, process_index:
                  "process_index": int(process_index), "process_count": int(process_count)}
   if cfg.get("one_pass"):
     fingerprint["one_pass"] = True
+  fingerprint.update(getattr(source, "fingerprint", {}))  # e.g. which copy of a dataset was read
+  if eval_transform is not None:
+    checks.choice("split", split, ("eval",))  # train batches are never transformed here
+    fingerprint["eval_transform"] = getattr(eval_transform, "fingerprint", repr(eval_transform))
   if split == "train" and hasattr(source, "train_iter_dataset"):  # packed text: an iterator pipeline
     fingerprint["num_records"] = source.num_train
     ds = source.train_iter_dataset(seed=seed, per_process=per_process, process_index=process_index,
@@ -141,6 +152,8 @@ def build(data_config, *, split: str, batch_size: int, seed: int, process_index:
     num_batches = None
   else:
     fn = source.eval_batch_fn(seed)
+    if eval_transform is not None:
+      fn = lambda index, records, make=fn: eval_transform(index, make(index, records))
     num = source.num_eval
     fingerprint["num_examples"] = num
     ds, num_batches = pipeline.eval_dataset(num, fn, per_process=per_process,

@@ -81,6 +81,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "channels": 1,  # 1 (grayscale) or 3 (replicated)
         **_LABELS,
     },
+    "fashion_mnist": {
+        "source": "auto",  # "auto" | "tfds" | "idx" (data/fashion_mnist.py)
+        "data_dir": config_dict.placeholder(str),  # TFDS data dir; None: TFDS's default
+        # the IDX files: $LAZY_NEURON_FASHION_MNIST_DIR, else where Debian's dataset-fashion-mnist puts them
+        "idx_dir": os.environ.get("LAZY_NEURON_FASHION_MNIST_DIR") or "/usr/share/datasets/fashion-mnist",
+        "image_size": 28,  # resize (bilinear) to image_size x image_size
+        "channels": 1,  # 1 (grayscale) or 3 (replicated)
+        "eval_examples": config_dict.placeholder(int),  # None: all 10k test images; N: the first N
+        **_LABELS,
+    },
     "tfds": {
         "dataset": "cifar10",  # any TFDS name[:version] prepared as ArrayRecord
         "data_dir": config_dict.placeholder(str),  # None: TFDS's default (~/tensorflow_datasets)
@@ -234,6 +244,13 @@ def validate(data_config) -> dict[str, Any]:
     _optional_str(cfg, "data_dir")
     _check(cfg, checks.integer, "image_size", min=1, max=4096)
     _check(cfg, checks.choice, "channels", choices=(1, 3))
+    _labels(cfg)
+  elif name == "fashion_mnist":
+    _check(cfg, checks.choice, "source", choices=("auto", "tfds", "idx"))
+    _optional_str(cfg, "data_dir", "idx_dir")
+    _check(cfg, checks.integer, "image_size", min=1, max=4096)
+    _check(cfg, checks.choice, "channels", choices=(1, 3))
+    _check(cfg, checks.integer, "eval_examples", min=1, none_ok=True)
     _labels(cfg)
   elif name == "tfds":
     _optional_str(cfg, "dataset")

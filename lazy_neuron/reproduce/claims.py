@@ -8,8 +8,8 @@ run to show the opposite, and anything else — a missing run or metric, too few
 short for sparsity to emerge — is "inconclusive", with the reason in the evidence.
 
 Only numpy is imported here (no jax), so the rules are cheap to test on hand-made metrics.
-C2 and C11–C13 (vision results: ImageNet, label noise, corruptions, calibration) belong to the
-vision issue and are not registered.
+The vision claims (C2, C6 on Fashion-MNIST, C11-C13) live in vision_claims.py and join the
+registry at the end of this module.
 """
 from __future__ import annotations
 
@@ -530,3 +530,8 @@ def experiments_for(claim_ids: Sequence[str], scale: str) -> list[Experiment]:
         raise AssertionError(f"experiment {e.name} defined twice differently")
       out.setdefault(e.name, e)
   return list(out.values())
+
+
+# The vision claims (vision_claims.py): C2, C11-C13 added, C6 replaced by its Fashion-MNIST version.
+from lazy_neuron.reproduce import vision_claims  # noqa: E402 - it uses the helpers above
+CLAIMS = vision_claims.register(CLAIMS)
