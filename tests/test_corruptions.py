@@ -216,6 +216,33 @@ def test_eval_corruptions_cli_and_refusals(smoke, capsys, tmp_path):
   assert "Fashion-MNIST not found" in line
 
 
+def test_reproduce_draws_the_corruption_figures_from_the_runs_numbers(smoke, tmp_path):
+  import shutil
+  from lazy_neuron.reproduce import figures
+  from lazy_neuron.results import load_run
+  with open(os.path.join(smoke, "summary.json")) as f:
+    drawn = {c["id"]: c["figures"] for c in json.load(f)["claims"]}
+  assert "figures/C12_severity.png" in drawn["C12"]
+  assert {"figures/C13_reliability.png", "figures/C13_ece_vs_severity.png"} <= set(drawn["C13"])
+  # The severity figure plots what the run's eval_corrupted file says (a copy of the run, with
+  # known numbers: other tests here re-evaluate the shared workdir on other corruptions).
+  workdir = tmp_path / "run"
+  shutil.copytree(os.path.join(smoke, "runs", "vit_fmnist"), workdir)
+  numbers = {"eval/accuracy": 0.8, "eval/ece": 0.05, "sparsity/eval/mean/nonzero_frac": 0.4}
+  for s in (1, 3, 5):
+    numbers.update({f"eval_corrupted/mean/{s}/accuracy": 0.8 - 0.1 * s,
+                    f"eval_corrupted/mean/{s}/ece": 0.05 + 0.01 * s,
+                    f"eval_corrupted/mean/{s}/nonzero_frac": 0.4 + 0.01 * s})
+  (workdir / "eval_corrupted_6.json").write_text(json.dumps(numbers))
+  fig = figures.fig_severity([load_run(workdir)])
+  for ax, key, scale in zip(fig.axes, ("accuracy", "ece", "nonzero_frac"), (100, 1, 100)):
+    line = ax.lines[0]
+    clean = numbers.get(f"eval/{key}", numbers.get(f"sparsity/eval/mean/{key}"))
+    want = [clean] + [numbers[f"eval_corrupted/mean/{s}/{key}"] for s in (1, 3, 5)]
+    np.testing.assert_allclose(line.get_xdata(), [0, 1, 3, 5])
+    np.testing.assert_allclose(line.get_ydata(), scale * np.asarray(want), rtol=1e-12)
+
+
 def test_reliability_diagram_in_the_report(smoke, tmp_path, capsys):
   from lazy_neuron import report
   runs = [os.path.join(smoke, "runs", n) for n in ("vit_fmnist", "vit_fmnist_topk16")]

@@ -13,6 +13,11 @@ Each claim gets the figures that show the evidence its rule reads (`FIGURES`):
        neurons per layer, and the firing-frequency histogram
   C9   skippable share of the MLP's and of the model's FLOPs vs step, and per layer at the end
   C10  Top-k vs dense: loss and mean % nonzero vs step
+  C2   the ViT's % nonzero vs step per layer
+  C11  eval accuracy vs step (the memorisation dip under noisy labels) and train accuracy on the
+       noisy labels (how far each run fits them)
+  C12  accuracy, ECE and % nonzero vs corruption severity (mean over corruptions; 0 = clean)
+  C13  reliability diagram on clean and corrupted data, and ECE vs severity
   C14  the pre-activation statistics (mean, fraction positive, mean of the positive part) per
        layer over the first steps
   any other id (a claim registered later): the mean % nonzero vs step of its runs.
@@ -312,6 +317,56 @@ def fig_loss(runs: Sequence[Run], baseline: Optional[Run] = None):
   return report.fig_compare_loss(list(runs))
 
 
+def fig_accuracy(runs: Sequence[Run], baseline: Optional[Run] = None):
+  """Eval accuracy (solid) and train accuracy on the training labels, noisy ones included (dotted),
+  vs step, one color per run."""
+  del baseline
+  fig, (ax,) = _panels(1, width=7.5)
+  for run, color in zip(runs, report._run_colors(runs)):
+    for name, style in (("eval/accuracy", "-"), ("train/accuracy", ":")):
+      steps, values = run.series(name, dropna=True)
+      if len(steps):
+        ax.plot(steps, 100 * np.asarray(values), style, color=color,
+                label=f"{run.name} ({name.split('/')[0]})")
+  ax.set(xlabel="step", ylabel="accuracy %", title="accuracy vs step (train: on its own labels)")
+  ax.grid(alpha=0.3)
+  report._legend(ax, 2 * len(runs))
+  return fig
+
+
+SEVERITY_PANELS = (("accuracy", "accuracy %", 100.0), ("ece", "ECE (15 bins)", 1.0),
+                   ("nonzero_frac", "% nonzero (mean over layers)", 100.0))
+
+
+def fig_severity(runs: Sequence[Run], baseline: Optional[Run] = None, panels=SEVERITY_PANELS):
+  """Mean over corruptions vs severity (0 = the clean eval data), from each run's
+  eval_corrupted_<step>.json (`lazy-neuron eval --corruptions`)."""
+  from lazy_neuron.reproduce.vision_claims import corrupted_metrics
+  del baseline
+  fig, axes = _panels(len(panels))
+  for run, color in zip(runs, report._run_colors(runs)):
+    m = corrupted_metrics(run)
+    for ax, (key, label, scale) in zip(axes, panels):
+      clean = m.get(f"eval/{key}", m.get(f"sparsity/eval/mean/{key}"))
+      points = [(0, clean)] + [(sev, m.get(f"eval_corrupted/mean/{sev}/{key}"))
+                               for sev in range(1, 6)]
+      points = [(x, y) for x, y in points if y is not None]
+      if points:
+        ax.plot(*zip(*[(x, scale * y) for x, y in points]), marker="o", color=color,
+                label=run.name)
+  for ax, (_, label, _) in zip(axes, panels):
+    ax.set(xlabel="severity (0 = clean)", ylabel=label)
+    ax.grid(alpha=0.3)
+    report._legend(ax, len(runs))
+  fig.suptitle("under corruption: mean over the corruptions evaluated")
+  return fig
+
+
+def fig_reliability(runs: Sequence[Run], baseline: Optional[Run] = None):
+  del baseline
+  return report.fig_reliability(list(runs))
+
+
 PREACT = (("preact_mean", "mean pre-activation", 1.0),
           ("preact_pos_frac", "% of pre-activations > 0", 100.0),
           ("preact_pos_mean", "mean of the positive pre-activations", 1.0))
@@ -362,6 +417,12 @@ FIGURES: dict[str, list[tuple[str, MakeFigure]]] = {
     "C9": [("flops", fig_flops)],
     "C10": [("loss", fig_loss)],
     "C14": [("preact", fig_preact)],
+    "C2": [("layers_vs_step", fig_layers_vs_step)],
+    "C11": [("accuracy_vs_step", fig_accuracy)],
+    "C12": [("severity", fig_severity)],
+    "C13": [("reliability", fig_reliability),
+            ("ece_vs_severity", lambda runs, baseline: fig_severity(runs, baseline,
+                                                                    SEVERITY_PANELS[1:2]))],
 }
 # Claims whose first figure compares with the baseline run (their runs are ablations of it): the
 # "ablations vs baseline" figure.
