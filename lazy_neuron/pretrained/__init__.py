@@ -9,6 +9,8 @@ Formats (docs/pretrained.md):
                   model.safetensors)
   hf_vit          a Hugging Face ViTForImageClassification folder
   big_vision_vit  a big_vision / vision_transformer ViT .npz
+  t5x             a T5X checkpoint folder (msgpack `checkpoint` + TensorStore zarr arrays), a
+                  t5x model folder (its latest checkpoint_<step>), or its `checkpoint` file
 
     model = lazy_neuron.pretrained.load("flan-t5-small/")
     logits, metrics = model.apply(batch)      # lazy_neuron batch keys; sparsity/eval/... metrics
@@ -27,13 +29,15 @@ import numpy as np
 
 from lazy_neuron.errors import UserError
 from lazy_neuron.pretrained import t5 as t5_conv
+from lazy_neuron.pretrained import t5x as t5x_conv
 from lazy_neuron.pretrained import tensors
 from lazy_neuron.pretrained import vit as vit_conv
 from lazy_neuron.pretrained.common import Converted
 
 SUPPORTED = ("a Hugging Face T5ForConditionalGeneration / MT5ForConditionalGeneration or "
              "ViTForImageClassification folder (config.json + model.safetensors), a timm vit_* "
-             "folder (config.json + model.safetensors), or a big_vision ViT .npz")
+             "folder (config.json + model.safetensors), a big_vision ViT .npz, or a T5X checkpoint "
+             "folder (msgpack `checkpoint` + zarr arrays)")
 # Default magnitude thresholds of the measure mode for non-ReLU activations (`frac_abs_le_<t>`).
 MAGNITUDE_THRESHOLDS = (1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 
@@ -62,6 +66,8 @@ def convert(path: str) -> Converted:
   where = os.fspath(path)
   if not os.path.exists(where):
     raise UserError(f"--src={where!r} does not exist; give a checkpoint folder or .npz file")
+  if not os.path.isfile(os.path.join(where, "config.json")) and t5x_conv.find(where):
+    return t5x_conv.convert(where)
   if os.path.isfile(where):
     if where.endswith(".npz"):
       return vit_conv.convert_big_vision(tensors.NpzFile(where), where)
@@ -69,12 +75,8 @@ def convert(path: str) -> Converted:
   config_path = os.path.join(where, "config.json")
   if not os.path.isfile(config_path):
     found = ", ".join(sorted(os.listdir(where))[:5]) or "nothing"
-    t5x = any(n == "checkpoint" or n.startswith("checkpoint_") for n in os.listdir(where))
-    what = ("a T5X checkpoint, which lazy_neuron does not read yet; convert it to Hugging Face "
-            "format (transformers' convert_t5x_checkpoint_to_pytorch), then save as safetensors"
-            if t5x else f"no config.json (found {found})")
-    raise UserError(f"--src={where!r} is not a checkpoint lazy_neuron can read: {what}; "
-                    f"supported: {SUPPORTED}")
+    raise UserError(f"--src={where!r} is not a checkpoint lazy_neuron can read: no config.json "
+                    f"(found {found}); supported: {SUPPORTED}")
   cfg = tensors.read_json(config_path)
   archs = cfg.get("architectures") or []
   model_type = cfg.get("model_type")
