@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from lazy_neuron import cli, pretrained
+from lazy_neuron import results as results_lib
 from lazy_neuron.pretrained import tensors
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "pretrained")
@@ -211,19 +212,23 @@ def _cli(*args) -> int:
 FULL_CHAIN = ("t5_v1_1", "timm_vit")
 
 
-@pytest.mark.parametrize("name", list(KINDS))
-def test_import_eval_train_report_from_the_command_line(name, tmp_path, capsys):
+@pytest.mark.parametrize("name", [*KINDS, "t5x"])
+def test_import_eval_train_report_from_the_command_line(name, tmp_path, capsys, t5x_dirs):
   wd = tmp_path / "wd"
   full = name in FULL_CHAIN
-  assert _cli("import", f"--src={os.path.join(FIXTURES, KINDS[name])}", f"--workdir={wd}",
+  src = (os.path.dirname(t5x_dirs["t5_v1_1"]) if name == "t5x"
+         else os.path.join(FIXTURES, KINDS[name]))
+  assert _cli("import", f"--src={src}", f"--workdir={wd}",
               "--config.eval_batch_size=64", "--no-eval" if full else "--eval") == 0
   assert {"config.json", "config.py", "sharding_plan.txt", "pretrained.json",
           "checkpoints"} <= set(os.listdir(wd))
+  if name == "t5x":
+    assert json.loads((wd / "pretrained.json").read_text())["kind"] == "t5x"
   if full:
     assert _cli("eval", f"--workdir={wd}") == 0
   results = json.loads((wd / "eval_0.json").read_text())
   assert 0 < results["sparsity/eval/mean/nonzero_frac"] <= 1
-  if name == "t5_v1_1":  # non-ReLU: the magnitude-threshold curve is measured and increasing
+  if name in ("t5_v1_1", "t5x"):  # non-ReLU: the magnitude-threshold curve is measured, rising
     curve = [results[f"sparsity/eval/mean/frac_abs_le_{t:g}"]
              for t in pretrained.MAGNITUDE_THRESHOLDS]
     assert curve == sorted(curve) and curve[-1] > curve[0]
@@ -236,6 +241,19 @@ def test_import_eval_train_report_from_the_command_line(name, tmp_path, capsys):
     assert (wd / "metrics.jsonl").exists() and (wd / "sparsity" / "step_0.npz").exists()
   assert _cli("report", f"--out={tmp_path / 'report'}", wd) == 0
   assert (tmp_path / "report" / "index.html").exists()
+  # Non-ReLU checkpoints: the report draws the magnitude-threshold curve (its summary the numbers).
+  relu = json.loads((wd / "config.json").read_text())["model"]["activation"] == "relu"
+  assert (tmp_path / "report" / "wd" / "magnitude_curve.png").exists() != relu
+  summary = json.loads((tmp_path / "report" / "summary.json").read_text())["runs"][0]
+  if not relu:
+    curve = summary["magnitude"]
+    assert curve["thresholds"] == list(pretrained.MAGNITUDE_THRESHOLDS)
+    # (eval data after the step-0 evaluation; train data after `train`, which did not evaluate)
+    assert curve["split"] == ("train" if full else "eval")
+    final = results_lib.load_run(str(wd)).final(f"sparsity/{curve['split']}/mean/frac_abs_le_1")
+    assert curve["mean"][-1] == pytest.approx(final)
+    assert sorted(curve["layers"]) == sorted({k.split("/")[2] + "/" + k.split("/")[3]
+                                              for k in results if "/layer_" in k})
 
 
 def _bad_t5(tmp_path, edit=None, drop=None, files=None):
