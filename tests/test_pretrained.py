@@ -14,6 +14,7 @@ import pytest
 
 from lazy_neuron import cli, pretrained
 from lazy_neuron import results as results_lib
+from lazy_neuron.errors import UserError
 from lazy_neuron.pretrained import tensors
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "pretrained")
@@ -327,14 +328,42 @@ def test_bad_checkpoints_are_one_line_exit_2_and_write_nothing(case, tmp_path, c
   assert not wd.exists()
 
 
-def test_notebook_runs_on_a_fixture_checkpoint(tmp_path, monkeypatch):
+def test_a_hub_id_is_downloaded_with_huggingface_hub(monkeypatch):
+  """`load("org/name")` (no such local path) fetches config, safetensors and tokenizer files with
+  huggingface_hub's snapshot_download; without huggingface_hub, one line saying how to get it."""
+  import sys
+  import types
+  calls = []
+  hub = types.SimpleNamespace(snapshot_download=lambda repo, allow_patterns: calls.append(
+      (repo, allow_patterns)) or os.path.join(FIXTURES, "t5_v1_0"))
+  monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+  model = pretrained.load("google-t5/t5-small")
+  assert calls == [("google-t5/t5-small", ["*.json", "*.safetensors", "*.model"])]
+  assert model.kind == "hf_t5" and model.source.endswith("t5_v1_0")
+  monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
+  with pytest.raises(UserError, match="pip install huggingface_hub"):
+    pretrained.load("google/flan-t5-small")
+  with pytest.raises(UserError, match="does not exist"):  # a path, not a hub id
+    pretrained.load("./no/such/checkpoint")
+
+
+def test_notebook_is_generated_and_runs_on_a_fixture_checkpoint(tmp_path, monkeypatch):
   nbformat = pytest.importorskip("nbformat")
   nbclient = pytest.importorskip("nbclient")
-  path = os.path.join(os.path.dirname(__file__), "..", "notebooks", "pretrained_sparsity.ipynb")
+  import importlib.util
+  root = os.path.join(os.path.dirname(__file__), "..", "notebooks")
+  spec = importlib.util.spec_from_file_location("make_notebooks",
+                                                os.path.join(root, "make_notebooks.py"))
+  gen = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(gen)
+  path = os.path.join(root, "pretrained_sparsity.ipynb")
+  with open(path) as f:  # the committed notebook is the generator's (with the shared install cell)
+    assert json.load(f) == gen.pretrained_sparsity()
+  assert "model._" not in "".join("".join(c["source"]) for c in gen.pretrained_sparsity()["cells"])
   nb = nbformat.read(path, as_version=4)
   monkeypatch.setenv("LAZY_NEURON_CHECKPOINT", os.path.join(FIXTURES, "t5_v1_1"))
   nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
                           resources={"metadata": {"path": str(tmp_path)}}).execute()
   outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                     for o in c.get("outputs", []))
-  assert "encoder/layer_00" in outputs
+  assert "encoder/layer_00" in outputs and "mean nonzero:" in outputs
