@@ -29,9 +29,11 @@ from lazy_neuron.sparsity.summary import layer_sort_key, short_layer
 # A ReLU of zero-mean, symmetric pre-activations (a freshly initialised layer) fires half the time.
 INIT_NONZERO_PCT = 50.0
 SPLITS = ("train", "eval")
-# Per-run figure files, relative to OUT/<run slug>/.
+# Per-run figure files, relative to OUT/<run slug>/: drawn for every run, and ...
 RUN_FIGURES = {"layers_vs_step": "layers_vs_step.png", "final_layers": "final_layers.png",
-               "firing_hist": "firing_hist.png", "magnitude_curve": "magnitude_curve.png"}
+               "firing_hist": "firing_hist.png"}
+# ... for runs with magnitude-threshold metrics only.
+MAGNITUDE_FIGURE = "magnitude_curve.png"
 _MAGNITUDE = re.compile(r"^sparsity/(train|eval)/(.+)/frac_abs_le_([^/]+)$")
 COMPARE_FIGURES = {"compare_sparsity": "compare_sparsity.png", "compare_loss": "compare_loss.png"}
 
@@ -424,7 +426,7 @@ def write_report(runs: Sequence[Run], out: str) -> str:
     if magnitude_curve(run) is not None:
       makers.append(("magnitude_curve", fig_magnitude_curve))
     for kind, make in makers:
-      figures[kind] = f"{slug}/{RUN_FIGURES[kind]}"
+      figures[kind] = f"{slug}/{RUN_FIGURES.get(kind, MAGNITUDE_FIGURE)}"
       _save_fig(make(run), root / figures[kind])
     summaries.append({"slug": slug, **run_summary(run), "figures": figures})
   compare = {}
