@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 COMMANDS = {
     "train": ("lazy_neuron.train", "train a config: --config=configs/<exp>.py[:args] --workdir=DIR"),
-    "import": ("lazy_neuron.import_cmd", "a pretrained checkpoint (HF T5/ViT, timm, big_vision) -> a workdir: --src=PATH --workdir=DIR"),
+    "import": ("lazy_neuron.import_cmd", "a pretrained checkpoint (HF T5/ViT, T5X, timm, big_vision) -> a workdir: --src=PATH --workdir=DIR"),
     "eval": ("lazy_neuron.evaluate", "evaluate a workdir's latest checkpoint; --corruptions=all: on corrupted images"),
     "report": ("lazy_neuron.report", "figures + index.html from one or more workdirs"),
     "reproduce": ("lazy_neuron.reproduce", "run the paper's experiments, judge each claim: --out=DIR"),

@@ -4,7 +4,9 @@ Counted: every matrix multiplication of the model, at 2 FLOPs per multiply-add, 
 actual shapes: attention projections, the score (Q K^T) and mixing (A V) products of every attention
 (T5 encoder self, decoder self and cross attention; ViT self attention), the MLP's wi and wo, the
 patch-embedding convolution (a matmul over p*p*C inputs per patch), the classifier head, and T5's
-output projection onto the (padded) vocabulary through the shared embedding.
+output projection onto the (padded) vocabulary through the shared embedding (or, untied, T5
+v1.1's own output matrix: the same size). A gated MLP (T5 v1.1 / Flan-T5 / mT5: wo(act(wi_0 x) *
+wi_1 x)) counts both input matmuls, wi_0 and wi_1.
 
 Not counted: element-wise work (norms, softmax, activations, biases, residual adds, the optimizer),
 embedding lookups (gathers) and the top-k selection. They are a few percent of a transformer step;
@@ -94,8 +96,10 @@ def _attention(name: str, b: int, lq: int, lk: int, d_model: int, heads: int, he
           _dense(f"{name}/out", b * lq, inner, d_model, count=count)]
 
 
-def _mlp(name: str, rows: int, d: int, d_ff: int, count: int) -> list[Matmul]:
-  return [_dense(f"{name}/wi", rows, d, d_ff, count=count),
+def _mlp(name: str, rows: int, d: int, d_ff: int, count: int,
+         gated: bool = False) -> list[Matmul]:
+  wi = ("wi_0", "wi_1") if gated else ("wi",)
+  return [*(_dense(f"{name}/{w}", rows, d, d_ff, count=count) for w in wi),
           _dense(f"{name}/wo", rows, d_ff, d, count=count)]
 
 
@@ -103,11 +107,12 @@ def t5(sizes: dict, vocab: int, batch: int, inputs_length: int, targets_length: 
   b, li, lt = batch, inputs_length, targets_length
   d, h, dk, f = sizes["emb_dim"], sizes["num_heads"], sizes["head_dim"], sizes["mlp_dim"]
   ne, nd = sizes["num_encoder_layers"], sizes["num_decoder_layers"]
+  gated = bool(sizes.get("mlp_gated"))
   mm = [*_attention("encoder/attention", b, li, li, d, h, dk, ne),
-        *_mlp("encoder/mlp", b * li, d, f, ne),
+        *_mlp("encoder/mlp", b * li, d, f, ne, gated),
         *_attention("decoder/self_attention", b, lt, lt, d, h, dk, nd),  # full Lt x Lt
         *_attention("decoder/cross_attention", b, lt, li, d, h, dk, nd),
-        *_mlp("decoder/mlp", b * lt, d, f, nd),
+        *_mlp("decoder/mlp", b * lt, d, f, nd, gated),
         _dense("logits", b * lt, d, vocab, in_layer=False)]  # tied: the shared embedding
   return StepFlops(tuple(mm), bool(sizes.get("remat")))
 
@@ -155,7 +160,8 @@ def train_step(model, info, batch_size: int) -> StepFlops:
 
 @dataclasses.dataclass(frozen=True)
 class MlpLayerFlops:
-  """Forward FLOPs of one MLP block's two matmuls, per example."""
+  """Forward FLOPs of one MLP block's matmuls, per example: `wi` is the input side (wi_0 + wi_1
+  of a gated block), `wo` the output projection (the only part the activation map's zeros skip)."""
   wi: int
   wo: int
 
@@ -184,9 +190,11 @@ def forward_flops(model, info) -> ForwardFlops:
   by_name = {m.name: m for m in step.matmuls}
   mlp: dict[str, MlpLayerFlops] = {}
   for prefix, layer in _MLP_LAYER_NAMES[model.name].items():
-    wi, wo = by_name[f"{prefix}/wi"], by_name[f"{prefix}/wo"]
-    for i in range(wi.count):
-      mlp[layer.format(i)] = MlpLayerFlops(wi.flops, wo.flops)
+    wo = by_name[f"{prefix}/wo"]
+    wi = sum(by_name[n].flops for n in (f"{prefix}/wi", f"{prefix}/wi_0", f"{prefix}/wi_1")
+             if n in by_name)
+    for i in range(wo.count):
+      mlp[layer.format(i)] = MlpLayerFlops(wi, wo.flops)
   return ForwardFlops(step.forward, mlp)
 
 # Dense (no structured sparsity) bf16 matmul peaks, TFLOP/s, from the vendors' spec sheets:

@@ -1,5 +1,5 @@
 """`lazy-neuron import --src=PATH --workdir=DIR [--config=configs/<exp>.py[:args]] [--config.k=v]`:
-a pretrained checkpoint (Hugging Face T5 / ViT, timm ViT, big_vision ViT .npz) -> a workdir.
+a pretrained checkpoint (Hugging Face T5 / ViT, T5X, timm ViT, big_vision ViT .npz) -> a workdir.
 
 Writes DIR/config.json (the config's data, optimizer and mesh with the checkpoint's model),
 DIR/config.py (a config file returning it, for `lazy-neuron train --config=DIR/config.py`),

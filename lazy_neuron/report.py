@@ -2,6 +2,9 @@
 
 Per run: per-layer % nonzero vs step (train and eval, 50%-at-init line), per-layer % nonzero at the
 final eval step, and the histogram of per-neuron firing frequencies (dead and lazy neurons marked).
+For runs that logged the magnitude-threshold counts (`sparsity/<split>/<layer>/frac_abs_le_<t>`:
+non-ReLU checkpoints imported with `lazy-neuron import`), the % of activations with |a| <= t per
+layer at the final step, vs t (the curve CATS / TEAL pick a threshold from).
 Across runs: mean % nonzero vs step and loss curves, and (for runs evaluated with `lazy-neuron eval
 --corruptions`) a reliability diagram on clean and on corrupted data. OUT may be local or gs://. Every workdir is
 read and checked before anything is written, so bad input leaves OUT untouched.
@@ -22,14 +25,17 @@ import numpy as np
 from lazy_neuron import checks, errors, fileio, outpaths, results
 from lazy_neuron.errors import UserError
 from lazy_neuron.results import LAZY_FIRING_RATE, Run
-from lazy_neuron.sparsity.summary import short_layer
+from lazy_neuron.sparsity.summary import layer_sort_key, short_layer
 
 # A ReLU of zero-mean, symmetric pre-activations (a freshly initialised layer) fires half the time.
 INIT_NONZERO_PCT = 50.0
 SPLITS = ("train", "eval")
-# Per-run figure files, relative to OUT/<run slug>/.
+# Per-run figure files, relative to OUT/<run slug>/: drawn for every run, and ...
 RUN_FIGURES = {"layers_vs_step": "layers_vs_step.png", "final_layers": "final_layers.png",
                "firing_hist": "firing_hist.png"}
+# ... for runs with magnitude-threshold metrics only.
+MAGNITUDE_FIGURE = "magnitude_curve.png"
+_MAGNITUDE = re.compile(r"^sparsity/(train|eval)/(.+)/frac_abs_le_([^/]+)$")
 COMPARE_FIGURES = {"compare_sparsity": "compare_sparsity.png", "compare_loss": "compare_loss.png"}
 # Drawn when some run has a corrupted evaluation (`lazy-neuron eval --corruptions`).
 RELIABILITY_FIGURE = "reliability.png"
@@ -206,6 +212,50 @@ def fig_firing_hist(run: Run, step: int | None = None):
   return fig
 
 
+def magnitude_curve(run: Run) -> dict[str, Any] | None:
+  """{split, step, thresholds, layers: {layer: [fraction with |a| <= t per threshold]}} at the
+  final step of the eval split (train when the run never evaluated); None without
+  `frac_abs_le_<t>` metrics (ReLU runs: exact zeros are the `nonzero_frac` figures)."""
+  for split in ("eval", "train"):
+    found: dict[str, dict[float, str]] = {}
+    for name in run.names(f"sparsity/{split}/"):
+      m = _MAGNITUDE.match(name)
+      if m:
+        found.setdefault(m.group(2), {})[float(m.group(3))] = name
+    if found:
+      thresholds = sorted({t for per in found.values() for t in per})
+      step = max(run.final_step(n) for per in found.values() for n in per.values())
+      values = {l: [run.final(per[t]) if t in per else math.nan for t in thresholds]
+                for l, per in found.items()}
+      mean = values.pop("mean", None) or list(np.nanmean(list(values.values()), axis=0))
+      return {"split": split, "step": step, "thresholds": thresholds, "mean": mean,
+              "layers": {l: values[l] for l in sorted(values, key=layer_sort_key)}}
+  return None
+
+
+def fig_magnitude_curve(run: Run):
+  """% of activation-map entries with |a| <= t vs the threshold t (log x), one line per layer and
+  the layer mean, at the final step; a note when the run has no such metrics."""
+  curve = magnitude_curve(run)
+  fig, (ax,) = _figure(7, 4)
+  if curve is None:
+    ax.text(0.5, 0.5, "no sparsity/*/frac_abs_le_<t> metrics (ReLU run: see % nonzero)",
+            ha="center", transform=ax.transAxes)
+    return fig
+  t = curve["thresholds"]
+  colors = layer_colors(list(curve["layers"]))
+  for layer, fracs in curve["layers"].items():
+    ax.plot(t, 100 * np.asarray(fracs), color=colors[layer], marker=".", lw=1.2,
+            label=short_layer(layer))
+  ax.plot(t, 100 * np.asarray(curve["mean"]), color="black", ls="--", lw=2, label="mean")
+  ax.set_xscale("log")
+  ax.set(xlabel="magnitude threshold t", ylabel="% of activations with |a| <= t", ylim=(0, 100),
+         title=f"{run.name}: activation magnitudes, {curve['split']} data, step {curve['step']}")
+  ax.grid(alpha=0.3)
+  _legend(ax, len(curve["layers"]))
+  return fig
+
+
 # ---- comparison figures ------------------------------------------------------------------------
 def _run_colors(runs: Sequence[Run]) -> list:
   import matplotlib
@@ -305,6 +355,9 @@ def run_summary(run: Run) -> dict[str, Any]:
       "layers": {"split": split, "step": run.final_step(f"sparsity/{split}/mean/nonzero_frac")
                  if split else None, "values": fracs},
   }
+  curve = magnitude_curve(run)
+  if curve is not None:
+    out["magnitude"] = curve
   steps = run.npz_steps()
   if steps:
     out["firing"] = {"step": steps[-1],
@@ -408,9 +461,12 @@ def write_report(runs: Sequence[Run], out: str) -> str:
   summaries = []
   for run, slug in zip(runs, _slugs(runs)):
     figures = {}
-    for kind, make in (("layers_vs_step", fig_layers_vs_step), ("final_layers", fig_final_layers),
-                       ("firing_hist", fig_firing_hist)):
-      figures[kind] = f"{slug}/{RUN_FIGURES[kind]}"
+    makers = [("layers_vs_step", fig_layers_vs_step), ("final_layers", fig_final_layers),
+              ("firing_hist", fig_firing_hist)]
+    if magnitude_curve(run) is not None:
+      makers.append(("magnitude_curve", fig_magnitude_curve))
+    for kind, make in makers:
+      figures[kind] = f"{slug}/{RUN_FIGURES.get(kind, MAGNITUDE_FIGURE)}"
       _save_fig(make(run), root / figures[kind])
     summaries.append({"slug": slug, **run_summary(run), "figures": figures})
   compare = {}

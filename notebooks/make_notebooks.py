@@ -213,6 +213,76 @@ display(report.fig_firing_hist(runs[RUN]))
 ]
 
 
+PRETRAINED_SPARSITY = [
+    ("markdown", """
+# How sparse is a pretrained model? Layer by layer
+
+Loads a pretrained checkpoint with `lazy_neuron.pretrained.load` (Hugging Face T5 v1.0 / v1.1 /
+Flan-T5 / mT5, T5X, Hugging Face ViT, timm ViT, big_vision ViT `.npz`; the format is detected from
+the files), runs it on a few batches, and plots the fraction of nonzero MLP activations per layer.
+For a non-ReLU checkpoint (GELU, gated GELU) almost nothing is exactly zero, so it also plots the
+fraction of activations at or below a set of magnitude thresholds: the curve from which
+magnitude-threshold methods (CATS, TEAL) pick their threshold.
+
+`CHECKPOINT` is a local folder or file, or a Hugging Face hub id, downloaded with
+`huggingface_hub` (preinstalled in Colab; elsewhere `pip install huggingface_hub`). CI runs this
+notebook on a tiny random fixture checkpoint (set through `LAZY_NEURON_CHECKPOINT`), whose
+numbers mean nothing.
+"""),
+    INSTALL,
+    ("code", """
+import os
+CHECKPOINT = os.environ.get("LAZY_NEURON_CHECKPOINT", "google/flan-t5-small")
+BATCHES, BATCH_SIZE = 4, 8  # what is measured: BATCHES x BATCH_SIZE examples of the eval split
+""", ("parameters",)),
+    ("code", """
+from lazy_neuron import pretrained
+
+model = pretrained.load(CHECKPOINT)
+print(model.kind, dict(model.config.model))
+"""),
+    ("markdown", """
+Batches come from the config's data (for T5 by default the Python standard library's
+docstrings with a byte tokenizer: any text works for measuring activations; for ViT scikit-learn's
+digits resized to the checkpoint's image size). `measure` sums the exact counts over the batches.
+"""),
+    ("code", """
+import itertools
+from lazy_neuron import data
+
+with data.build(model.config.data, split="eval", batch_size=BATCH_SIZE, seed=0) as it:
+  metrics, layer_stats = model.measure(itertools.islice(it, BATCHES))
+for layer, s in layer_stats.items():
+  print(f"{layer:<20} nonzero {100 * s.nonzero_frac:6.2f}%  dead {100 * s.dead_frac:5.1f}%  "
+        f"lazy {100 * s.lazy_frac:5.1f}%")
+print("mean nonzero:", metrics["sparsity/eval/mean/nonzero_frac"])
+"""),
+    ("code", """
+%matplotlib inline
+import matplotlib.pyplot as plt
+from lazy_neuron.sparsity.summary import short_layer
+
+layers = list(layer_stats)
+thresholds = list(model.config.model.get("magnitude_thresholds") or [])
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+axes[0].bar(range(len(layers)), [100 * layer_stats[l].nonzero_frac for l in layers])
+axes[0].set_xticks(range(len(layers)), [short_layer(l) for l in layers], rotation=90)
+axes[0].set_ylabel("% nonzero activations")
+for l in layers:
+  if thresholds:
+    axes[1].plot(thresholds, [100 * layer_stats[l].frac_abs_le(t) for t in thresholds],
+                 marker="o", label=short_layer(l))
+axes[1].set_xscale("log")
+axes[1].set(xlabel="magnitude threshold t", ylabel="% activations with |a| <= t",
+            title="non-ReLU only" if thresholds else "ReLU: exact zeros, left panel")
+if thresholds:
+  axes[1].legend(fontsize=7)
+fig.tight_layout()
+plt.show()
+"""),
+]
+
+
 def inspect_run() -> dict:
   return _notebook(INSPECT_RUN)
 
@@ -221,7 +291,12 @@ def paper_figures() -> dict:
   return _notebook(PAPER_FIGURES)
 
 
-NOTEBOOKS = {"inspect_run.ipynb": inspect_run, "paper_figures.ipynb": paper_figures}
+def pretrained_sparsity() -> dict:
+  return _notebook(PRETRAINED_SPARSITY)
+
+
+NOTEBOOKS = {"inspect_run.ipynb": inspect_run, "paper_figures.ipynb": paper_figures,
+             "pretrained_sparsity.ipynb": pretrained_sparsity}
 
 
 def main() -> None:

@@ -2,9 +2,10 @@
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 
-from lazy_neuron import flops
+from lazy_neuron import flops, sparsity
 from lazy_neuron.data import DataInfo
 from lazy_neuron.models import build_model, dummy_batch
 
@@ -34,6 +35,28 @@ def test_t5_tiny_matches_a_hand_count():
   assert c.forward == forward
   assert c.model == 3 * forward  # every T5 matmul takes both gradients
   assert c.recompute == 0 and c.hardware == c.model
+
+
+def test_gated_t5_counts_wi_0_and_wi_1_and_its_zeros_skip_wo_only():
+  # T5 v1.1-style wo(act(wi_0 x) * wi_1 x): one more d x d_ff matmul per layer than the dense MLP.
+  b, li, lt, d, f = B, 32, 8, 128, 1024
+  dense = flops.train_step(_model("t5", T5_INFO), T5_INFO, B)
+  model = _model("t5", T5_INFO, mlp_gated=True)
+  gated = flops.train_step(model, T5_INFO, B)
+  assert gated.forward - dense.forward == 2 * (2*b*li*d*f) + 2 * (2*b*lt*d*f)  # 2 + 2 layers
+  assert gated.model == 3 * gated.forward
+  parts = gated.breakdown()
+  assert parts["encoder/mlp/wi_0"] == parts["encoder/mlp/wi_1"] == 2 * (2*b*li*d*f)
+  per_example = flops.forward_flops(model, T5_INFO)
+  assert per_example.mlp["decoder/layer_01"] == flops.MlpLayerFlops(wi=2 * 2*lt*d*f, wo=2*lt*f*d)
+  # 3/4 of the activation map (the input to wo) is zero: that skips 3/4 of wo, and nothing of
+  # wi_0 / wi_1 (computed before the zeros are known): 0.75 wo / (wi_0 + wi_1 + wo) = 1/4 of the
+  # block (a dense MLP of the same sparsity: 0.75 / 2).
+  fire = np.tile([10, 0, 0, 0], f // 4)
+  stats = {layer: sparsity.LayerStats(fire=fire, tokens=10) for layer in per_example.mlp}
+  m = sparsity.metrics_from_stats(stats, "eval", per_example)
+  assert m["sparsity/eval/encoder/layer_00/mlp_flops_skippable_frac"] == pytest.approx(0.25)
+  assert m["sparsity/eval/mlp_flops_skippable_frac"] == pytest.approx(0.25)
 
 
 def test_vit_tiny_matches_a_hand_count_and_the_stem_takes_no_input_gradient():
@@ -73,12 +96,13 @@ def test_vit_remat_recomputes_the_layers_not_the_stem_or_head():
   assert c.recompute == c.forward - b["patch_embedding"] - b["head"]
 
 
-@pytest.mark.parametrize("name, info", [("t5", T5_INFO), ("vit", IMAGE_INFO),
-                                        ("mixer", IMAGE_INFO), ("mlp", FLAT_INFO)])
-def test_counts_agree_with_xla_cost_analysis(name, info):
+@pytest.mark.parametrize("name, info, keys", [
+    ("t5", T5_INFO, {}), ("t5", T5_INFO, {"mlp_gated": True}), ("vit", IMAGE_INFO, {}),
+    ("mixer", IMAGE_INFO, {}), ("mlp", FLAT_INFO, {})])
+def test_counts_agree_with_xla_cost_analysis(name, info, keys):
   """XLA's estimate also counts element-wise ops (norms, softmax, biases), so ours is a little
   lower: within 3% below it (measured on CPU: 0.98-0.996), never above."""
-  m = _model(name, info)
+  m = _model(name, info, **keys)
   batch = dummy_batch(m, info, B)
   params = m.module.init(jax.random.PRNGKey(0), **m.inputs(batch))
 

@@ -9,6 +9,8 @@ Formats (docs/pretrained.md):
                   model.safetensors)
   hf_vit          a Hugging Face ViTForImageClassification folder
   big_vision_vit  a big_vision / vision_transformer ViT .npz
+  t5x             a T5X checkpoint folder (msgpack `checkpoint` + TensorStore zarr arrays), a
+                  t5x model folder (its latest checkpoint_<step>), or its `checkpoint` file
 
     model = lazy_neuron.pretrained.load("flan-t5-small/")
     logits, metrics = model.apply(batch)      # lazy_neuron batch keys; sparsity/eval/... metrics
@@ -18,8 +20,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import types
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import jax
 import ml_collections
@@ -27,13 +30,15 @@ import numpy as np
 
 from lazy_neuron.errors import UserError
 from lazy_neuron.pretrained import t5 as t5_conv
+from lazy_neuron.pretrained import t5x as t5x_conv
 from lazy_neuron.pretrained import tensors
 from lazy_neuron.pretrained import vit as vit_conv
 from lazy_neuron.pretrained.common import Converted
 
 SUPPORTED = ("a Hugging Face T5ForConditionalGeneration / MT5ForConditionalGeneration or "
              "ViTForImageClassification folder (config.json + model.safetensors), a timm vit_* "
-             "folder (config.json + model.safetensors), or a big_vision ViT .npz")
+             "folder (config.json + model.safetensors), a big_vision ViT .npz, or a T5X checkpoint "
+             "folder (msgpack `checkpoint` + zarr arrays)")
 # Default magnitude thresholds of the measure mode for non-ReLU activations (`frac_abs_le_<t>`).
 MAGNITUDE_THRESHOLDS = (1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 
@@ -62,6 +67,8 @@ def convert(path: str) -> Converted:
   where = os.fspath(path)
   if not os.path.exists(where):
     raise UserError(f"--src={where!r} does not exist; give a checkpoint folder or .npz file")
+  if not os.path.isfile(os.path.join(where, "config.json")) and t5x_conv.find(where):
+    return t5x_conv.convert(where)
   if os.path.isfile(where):
     if where.endswith(".npz"):
       return vit_conv.convert_big_vision(tensors.NpzFile(where), where)
@@ -69,12 +76,8 @@ def convert(path: str) -> Converted:
   config_path = os.path.join(where, "config.json")
   if not os.path.isfile(config_path):
     found = ", ".join(sorted(os.listdir(where))[:5]) or "nothing"
-    t5x = any(n == "checkpoint" or n.startswith("checkpoint_") for n in os.listdir(where))
-    what = ("a T5X checkpoint, which lazy_neuron does not read yet; convert it to Hugging Face "
-            "format (transformers' convert_t5x_checkpoint_to_pytorch), then save as safetensors"
-            if t5x else f"no config.json (found {found})")
-    raise UserError(f"--src={where!r} is not a checkpoint lazy_neuron can read: {what}; "
-                    f"supported: {SUPPORTED}")
+    raise UserError(f"--src={where!r} is not a checkpoint lazy_neuron can read: no config.json "
+                    f"(found {found}); supported: {SUPPORTED}")
   cfg = tensors.read_json(config_path)
   archs = cfg.get("architectures") or []
   model_type = cfg.get("model_type")
@@ -140,7 +143,7 @@ class Pretrained:
   source: str
 
   @functools.cached_property
-  def _apply(self):
+  def _forward(self):
     from lazy_neuron.models import SPARSITY
     mutable = [SPARSITY] if self.config.sparsity.enabled else False
 
@@ -150,14 +153,30 @@ class Pretrained:
       return out if mutable else (out, {})
     return jax.jit(fn)
 
+  def _run(self, batch: dict):
+    logits, variables = self._forward(self.params, self.model.inputs(batch))
+    return logits, jax.device_get(variables.get("sparsity", {}))
+
   def apply(self, batch: dict) -> tuple[jax.Array, dict[str, float]]:
     """Logits and the standard sparsity metrics (`sparsity/eval/<layer>/nonzero_frac`, ...) of
     one batch (lazy_neuron's keys: encoder_input_tokens / decoder_input_tokens /
     decoder_target_tokens for T5, `image` float32 NHWC already normalised for ViT)."""
     from lazy_neuron import sparsity
-    logits, variables = self._apply(self.params, self.model.inputs(batch))
-    stats = sparsity.flatten_stats(jax.device_get(variables.get("sparsity", {})))
-    return logits, sparsity.metrics_from_stats(stats, "eval")
+    logits, counts = self._run(batch)
+    return logits, sparsity.metrics_from_stats(sparsity.flatten_stats(counts), "eval")
+
+  def measure(self, batches: Iterable[dict]) -> tuple[dict[str, float], dict[str, Any]]:
+    """The sparsity of several batches together: (metrics, {layer: sparsity.LayerStats}), from
+    the exact counts summed over all batches (not an average of per-batch fractions)."""
+    from lazy_neuron import sparsity
+    total = None
+    for batch in batches:
+      counts = self._run(batch)[1]
+      total = counts if total is None else jax.tree.map(np.add, total, counts)
+    if total is None:
+      raise UserError("measure() was given no batches")
+    stats = sparsity.flatten_stats(total)
+    return sparsity.metrics_from_stats(stats, "eval"), stats
 
 
 def data_info(conv: Converted):
@@ -168,13 +187,35 @@ def data_info(conv: Converted):
                                image_shape=(conv.image_size, conv.image_size, conv.channels))
 
 
+# A Hugging Face hub repository id ("google/flan-t5-small"), as opposed to a local path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+HUB_PATTERNS = ("*.json", "*.safetensors", "*.model")  # config, weights, sentencepiece model
+
+
+def download(repo_id: str) -> str:
+  """The local folder of a Hugging Face hub checkpoint (downloaded with huggingface_hub's
+  `snapshot_download`, into its cache: config, safetensors weights and tokenizer files only)."""
+  try:
+    from huggingface_hub import snapshot_download
+  except ImportError:
+    raise UserError(f"{repo_id!r} is not a local path; to download it from the Hugging Face hub "
+                    f"pip install huggingface_hub (or download it yourself and give the folder)"
+                    ) from None
+  return snapshot_download(repo_id, allow_patterns=list(HUB_PATTERNS))
+
+
 def load(path: str, config: Optional[ml_collections.ConfigDict] = None) -> Pretrained:
-  """Reads a checkpoint (format detected from its files) onto the default device.
+  """Reads a checkpoint (format detected from its files) onto the default device. `path` is a
+  local file or folder, or a Hugging Face hub id ("google/flan-t5-small", downloaded with
+  `huggingface_hub` when that is installed).
 
   For models larger than one device use `lazy-neuron import`, which reads every tensor directly
   into its sharding on the config's mesh."""
   from lazy_neuron.models import build_model
   import flax.linen as nn
+  path = os.fspath(path)
+  if not os.path.exists(path) and _HUB_ID.fullmatch(path):
+    path = download(path)
   conv = convert(path)
   config = default_config(conv) if config is None else config
   apply_model(config, conv)

@@ -12,7 +12,7 @@ from lazy_neuron.pretrained.tensors import Leaf, TensorFile
 @dataclasses.dataclass
 class Converted:
   """A checkpoint read into lazy_neuron's terms (nothing loaded yet: leaves read on demand)."""
-  kind: str                 # hf_t5 | timm_vit | hf_vit | big_vision_vit
+  kind: str                 # hf_t5 | t5x | timm_vit | hf_vit | big_vision_vit
   task: str                 # seq2seq | classification
   model: dict[str, Any]     # config.model keys (sizes from the weights)
   leaves: dict[str, Leaf]   # unrolled parameter path -> Leaf

@@ -9,6 +9,7 @@ the output is scaled.
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 from lazy_neuron.errors import UserError
 from lazy_neuron.pretrained import tensors as T
@@ -19,6 +20,36 @@ from lazy_neuron.pretrained.common import (Converted, check_config_sizes, count_
 ACTIVATIONS = {"relu": "relu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                "gelu": "gelu", "silu": "silu", "swish": "silu"}
 VOCAB_MULTIPLE = 128
+# The sub-layers of lazy_neuron's T5 layers, in order, with what each is (norm / attention / mlp).
+PARTS = {"encoder": (("pre_attention_norm", "norm"), ("attention", "attention"),
+                     ("pre_mlp_norm", "norm"), ("mlp", "mlp")),
+         "decoder": (("pre_self_attention_norm", "norm"), ("self_attention", "attention"),
+                     ("pre_cross_attention_norm", "norm"), ("cross_attention", "attention"),
+                     ("pre_mlp_norm", "norm"), ("mlp", "mlp"))}
+# ... and where Hugging Face keeps them, under `<stack>.block.<i>.layer.` ({m}: the MLP's index,
+# 1 in the encoder, 2 in the decoder).
+HF_PARTS = {"pre_attention_norm": "0.layer_norm", "attention": "0.SelfAttention",
+            "pre_self_attention_norm": "0.layer_norm", "self_attention": "0.SelfAttention",
+            "pre_cross_attention_norm": "1.layer_norm", "cross_attention": "1.EncDecAttention",
+            "pre_mlp_norm": "{m}.layer_norm", "mlp": "{m}.DenseReluDense"}
+
+
+def layer_leaves(n_enc: int, n_dec: int, source: Callable[[str, int, str], str],
+                 **build: Callable[[str, str], None]) -> None:
+  """Calls build[kind](our prefix, source prefix) for every sub-layer of every layer, where
+  `source(stack, i, part)` names the checkpoint's prefix of our `part` of layer i."""
+  for stack, n in (("encoder", n_enc), ("decoder", n_dec)):
+    for i in range(n):
+      for part, kind in PARTS[stack]:
+        build[kind](f"{stack}/layer_{i:02d}/{part}", source(stack, i, part))
+
+
+def t5_model(d: int, heads: int, head_dim: int, d_ff: int, n_enc: int, n_dec: int, gated: bool,
+             scaled: bool, vocab: int, activation: str) -> dict:
+  """config.model of a converted T5 (vocab: padded)."""
+  return dict(name="t5", variant="tiny", emb_dim=d, num_heads=heads, head_dim=head_dim,
+              mlp_dim=d_ff, num_encoder_layers=n_enc, num_decoder_layers=n_dec, mlp_gated=gated,
+              logits_via_embedding=scaled, vocab_size=vocab, activation=activation)
 
 
 def convert(f: T.TensorFile, cfg: dict, where: str) -> Converted:
@@ -71,33 +102,22 @@ def convert(f: T.TensorFile, cfg: dict, where: str) -> Converted:
       leaves[f"{prefix}/{name}/kernel"] = T.linear(f, f"{hf}.{name}.weight", d, d_ff, what="MLP")
     leaves[f"{prefix}/wo/kernel"] = T.linear(f, f"{hf}.wo.weight", d_ff, d, what="MLP")
 
-  norm = lambda name: T.copy(f, f"{name}.weight", (d,), "layer norm")
-  for stack, n in (("encoder", n_enc), ("decoder", n_dec)):
+  norm = lambda ours, hf: leaves.__setitem__(f"{ours}/scale",
+                                             T.copy(f, f"{hf}.weight", (d,), "layer norm"))
+  for stack in ("encoder", "decoder"):
     rel = f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
     T.expect(f, rel, (32, heads), "relative position bias")
     leaves[f"{stack}/relpos_bias/rel_embedding"] = T.transposed(T.copy(f, rel, (32, heads)))
-    leaves[f"{stack}/final_norm/scale"] = norm(f"{stack}.final_layer_norm")
-    for i in range(n):
-      ours, hf = f"{stack}/layer_{i:02d}", f"{stack}.block.{i}.layer"
-      if stack == "encoder":
-        leaves[f"{ours}/pre_attention_norm/scale"] = norm(f"{hf}.0.layer_norm")
-        attention(f"{ours}/attention", f"{hf}.0.SelfAttention")
-        leaves[f"{ours}/pre_mlp_norm/scale"] = norm(f"{hf}.1.layer_norm")
-        mlp(f"{ours}/mlp", f"{hf}.1.DenseReluDense")
-      else:
-        leaves[f"{ours}/pre_self_attention_norm/scale"] = norm(f"{hf}.0.layer_norm")
-        attention(f"{ours}/self_attention", f"{hf}.0.SelfAttention")
-        leaves[f"{ours}/pre_cross_attention_norm/scale"] = norm(f"{hf}.1.layer_norm")
-        attention(f"{ours}/cross_attention", f"{hf}.1.EncDecAttention")
-        leaves[f"{ours}/pre_mlp_norm/scale"] = norm(f"{hf}.2.layer_norm")
-        mlp(f"{ours}/mlp", f"{hf}.2.DenseReluDense")
+    norm(f"{stack}/final_norm", f"{stack}.final_layer_norm")
+  layer_leaves(n_enc, n_dec, lambda stack, i, part: f"{stack}.block.{i}.layer."
+               + HF_PARTS[part].format(m=1 if stack == "encoder" else 2),
+               norm=norm, attention=attention, mlp=mlp)
   known = re.compile(r"^(shared|lm_head|(en|de)coder\.embed_tokens)\.weight$")
   used = {leaf.source for leaf in leaves.values()}
   extra = [n for n in f.names if n not in used and not known.match(n)]
   if extra:
     raise unsupported(where, f"tensors {extra[:3]}", "T5ForConditionalGeneration weights only")
-  model = dict(name="t5", variant="tiny", emb_dim=d, num_heads=heads, head_dim=hd, mlp_dim=d_ff,
-               num_encoder_layers=n_enc, num_decoder_layers=n_dec, mlp_gated=gated,
-               logits_via_embedding=bool(scaled), vocab_size=padded, activation=ACTIVATIONS[act])
+  model = t5_model(d, heads, hd, d_ff, n_enc, n_dec, gated, bool(scaled), padded,
+                   ACTIVATIONS[act])
   return Converted(kind="hf_t5", task="seq2seq", model=model, leaves=leaves,
                    source_vocab_size=vocab)

@@ -169,13 +169,14 @@ def copy(f: TensorFile, name: str, shape: Sequence[int], what: str = "") -> Leaf
 
 def linear(f: TensorFile, name: str, d_in: int, d_out: int, *, rows: tuple[int, int] = None,
            split_out: Optional[int] = None, split_in: Optional[int] = None,
-           what: str = "") -> Leaf:
-  """A torch Linear weight [out, in] (`rows` = (offset, count) of a fused [3*out, in] weight) as a
-  Flax kernel [in, out], [in, heads, out/heads] (`split_out=heads`) or [heads, in/heads, out]
-  (`split_in=heads`). Reads only the region asked for."""
+           what: str = "", stored: str = "torch") -> Leaf:
+  """A Linear weight as a Flax kernel [in, out], [in, heads, out/heads] (`split_out=heads`) or
+  [heads, in/heads, out] (`split_in=heads`). `stored="torch"`: the weight is [out, in] (`rows` =
+  (offset, count) of a fused [3*out, in] weight); `stored="flax"`: a 2-D kernel [in, out] already
+  (T5X stores its attention kernels with the heads joined). Reads only the region asked for."""
   off, count = rows if rows is not None else (0, d_out)
   if rows is None:
-    expect(f, name, (d_out, d_in), what)
+    expect(f, name, (d_out, d_in) if stored == "torch" else (d_in, d_out), what)
   if split_out:
     shape = (d_in, split_out, d_out // split_out)
   elif split_in:
@@ -183,19 +184,21 @@ def linear(f: TensorFile, name: str, d_in: int, d_out: int, *, rows: tuple[int, 
   else:
     shape = (d_in, d_out)
 
+  def kernel(outs: tuple[int, int], ins: tuple[int, int]) -> np.ndarray:  # region as [in, out]
+    if stored == "torch":
+      return f.read(name, [(off + outs[0], off + outs[1]), ins]).T
+    return f.read(name, [ins, outs])
+
   def read(b):
     if split_out:
       (i0, i1), (h0, h1), (k0, k1) = b
       hd = d_out // split_out
-      w = f.read(name, [(off + h0 * hd, off + h1 * hd), (i0, i1)])  # [heads*hd, in]
-      return w.T.reshape(i1 - i0, h1 - h0, hd)[:, :, k0:k1]
+      return kernel((h0 * hd, h1 * hd), (i0, i1)).reshape(i1 - i0, h1 - h0, hd)[:, :, k0:k1]
     if split_in:
       (h0, h1), (k0, k1), (o0, o1) = b
       hd = d_in // split_in
-      w = f.read(name, [(off + o0, off + o1), (h0 * hd, h1 * hd)])  # [out, heads*hd]
-      return w.T.reshape(h1 - h0, hd, o1 - o0)[:, k0:k1, :]
-    (i0, i1), (o0, o1) = b
-    return f.read(name, [(off + o0, off + o1), (i0, i1)]).T
+      return kernel((o0, o1), (h0 * hd, h1 * hd)).reshape(h1 - h0, hd, o1 - o0)[:, k0:k1, :]
+    return kernel(*b[::-1])
 
   return Leaf(shape, read, name)
 
@@ -222,15 +225,20 @@ def computed(shape: Sequence[int], fn: Callable[[], np.ndarray], source: str) ->
   return Leaf(tuple(shape), lambda b: fn()[tuple(slice(x, y) for x, y in b)], source)
 
 
-def padded_rows(f: TensorFile, name: str, shape: Sequence[int], rows: int) -> Leaf:
-  """An embedding [rows, d] stored with its first `rows` rows; the rest (vocabulary padding to a
-  multiple of 128) are zeros."""
+def padded_rows(f: TensorFile, name: str, shape: Sequence[int], rows: int, axis: int = 0) -> Leaf:
+  """An embedding [rows, d] stored with its first `rows` rows (or, `axis=1`, an output kernel
+  [d, rows] with its first `rows` columns); the rest (vocabulary padding to a multiple of 128)
+  are zeros."""
 
   def read(b):
-    (r0, r1), cols = b[0], b[1]
-    out = np.zeros((r1 - r0, cols[1] - cols[0]), np.float32)
-    if r0 < rows:
-      out[:min(r1, rows) - r0] = f.read(name, [(r0, min(r1, rows)), cols])
+    out = np.zeros([y - x for x, y in b], np.float32)
+    lo, hi = b[axis]
+    if lo < rows:
+      src = list(b)
+      src[axis] = (lo, min(hi, rows))
+      where = [slice(None)] * len(b)
+      where[axis] = slice(0, min(hi, rows) - lo)
+      out[tuple(where)] = f.read(name, src)
     return out
 
   return Leaf(tuple(shape), read, name)
