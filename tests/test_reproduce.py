@@ -278,3 +278,29 @@ def test_out_of_another_scale(smoke, tmp_path, capsys):
   (out / "runs" / "t5" / "config.json").write_bytes(open(saved, "rb").read())
   line = _refuses(["--claims=C1", "--scale=cpu", f"--out={out}"], capsys, tmp_path)
   assert "runs/t5 holds a run of scale 'smoke'" in line
+
+
+def test_print_commands_gives_the_runs_train_commands_and_writes_nothing(smoke, tmp_path, capsys):
+  """--print-commands: one `lazy-neuron train` per unfinished run, whose config (file, args and
+  overrides) is exactly the experiment's; nothing is written; finished runs are left out."""
+  import shlex
+  from lazy_neuron import config_lib, train
+  out = tmp_path / "new"
+  assert command.main(["lazy-neuron reproduce", "--claims=C7,C10", "--scale=smoke", f"--out={out}",
+                       "--print-commands"]) == 0
+  assert not out.exists()
+  lines = capsys.readouterr().out.strip().splitlines()
+  experiments = claims.experiments_for(["C7", "C10"], "smoke")
+  assert len(lines) == len(experiments) + 1 and lines[-1].startswith("# then, to judge:")
+  want = command.load_configs(experiments)
+  for line, e in zip(lines, experiments):
+    argv = shlex.split(line)
+    assert argv[:2] == ["lazy-neuron", "train"] and argv[3] == f"--workdir={out}/runs/{e.name}"
+    overrides = [a[2:] for a in argv[4:]]
+    got = config_lib.load_config(argv[2].removeprefix("--config="), overrides)
+    assert not train._diff_keys(json.loads(config_lib.to_json(got)),
+                                json.loads(config_lib.to_json(want[e.name])))
+  # The smoke DIR's runs (C1, C7) are finished: only the judging line is left.
+  assert command.main(["lazy-neuron reproduce", "--claims=C1,C7", "--scale=smoke", f"--out={smoke}",
+                       "--print-commands"]) == 0
+  assert capsys.readouterr().out.strip().splitlines()[0].startswith("# then, to judge:")

@@ -9,6 +9,11 @@ DIR/reproduction.md, DIR/figures/*.png.
 
 summary.json keeps the entries of claims not judged this time (same scale), so
 `--claims=C1` then `--claims=C5` into one DIR ends with both.
+
+`--print-commands` does the checks, then prints one `lazy-neuron train` command per unfinished run
+(the same config, overrides and workdir the command would use) and writes nothing: run them side by
+side (several on one GPU, or on several machines sharing DIR), then run `reproduce` again, which
+skips the finished runs and judges.
 """
 from __future__ import annotations
 
@@ -35,6 +40,9 @@ def parse_flags(argv: Sequence[str]):
                  help=f"comma-separated claim ids (default: all: {','.join(CLAIMS)})")
   p.add_argument("--scale", default=DEFAULT_SCALE, help="smoke | cpu | gpu (default cpu)")
   p.add_argument("--out", required=True, help="output folder; rerun with it to resume")
+  p.add_argument("--print-commands", "--print_commands", action="store_true",
+                 help="print a `lazy-neuron train` command per unfinished run and stop (nothing "
+                 "is written): run them in parallel, then rerun without this flag to judge")
   ns, _ = flags.parse(p, argv[1:])
   claim_ids = []
   for cid in checks.string("--claims", ns.claims).split(","):
@@ -46,7 +54,7 @@ def parse_flags(argv: Sequence[str]):
       claim_ids.append(cid)
   checks.choice("--scale", ns.scale, SCALES)
   out = outpaths.folder("--out", ns.out)
-  return claim_ids, ns.scale, out
+  return claim_ids, ns.scale, out, ns.print_commands
 
 
 # ================================================================================================
@@ -113,6 +121,16 @@ def check_out(out: str, scale: str, configs: dict) -> None:
 def finished(workdir: str, config) -> bool:
   """A run is finished when it checkpointed its last step (what `train` calls "nothing to do")."""
   return os.path.isdir(os.path.join(workdir, "checkpoints", str(config.total_steps)))
+
+
+def train_commands(out: str, experiments: Sequence[Experiment], configs: dict) -> list[str]:
+  """The `lazy-neuron train` command of every unfinished run (what run_experiments would do)."""
+  import shlex
+  return [shlex.join(["lazy-neuron", "train", f"--config={_spec_path(e.spec)}",
+                      f"--workdir={os.path.join(out, 'runs', e.name)}",
+                      *[f"--{o}" for o in e.overrides]])
+          for e in experiments
+          if not finished(os.path.join(out, "runs", e.name), configs[e.name])]
 
 
 def run_experiments(out: str, configs: dict, stream) -> bool:
@@ -225,12 +243,20 @@ def write_outputs(out: str, summary: dict) -> None:
 # ================================================================================================
 # Entry point
 # ================================================================================================
-def reproduce(claim_ids: Sequence[str], scale: str, out: str, stream=None) -> Optional[dict]:
-  """Validates, runs, judges, writes; returns the summary (None when a run was stopped early)."""
+def reproduce(claim_ids: Sequence[str], scale: str, out: str, stream=None,
+              print_commands: bool = False) -> Optional[dict]:
+  """Validates, runs, judges, writes; returns the summary (None when a run was stopped early, or
+  with print_commands, which prints the runs' train commands and writes nothing)."""
   stream = sys.stdout if stream is None else stream
   experiments = claims_lib.experiments_for(claim_ids, scale)
   configs = load_configs(experiments)
   check_out(out, scale, configs)
+  if print_commands:
+    for line in train_commands(out, experiments, configs):
+      print(line, file=stream)
+    print(f"# then, to judge: lazy-neuron reproduce --claims={','.join(claim_ids)} "
+          f"--scale={scale} --out={out}", file=stream, flush=True)
+    return None
   if not run_experiments(out, configs, stream):
     return None
   summary = merge(out, scale, judge(out, claim_ids, scale))
@@ -245,8 +271,8 @@ def reproduce(claim_ids: Sequence[str], scale: str, out: str, stream=None) -> Op
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv if argv is None else argv)
   try:
-    claim_ids, scale, out = parse_flags(argv)
-    reproduce(claim_ids, scale, out)
+    claim_ids, scale, out, print_commands = parse_flags(argv)
+    reproduce(claim_ids, scale, out, print_commands=print_commands)
   except UserError as e:
     return errors.report(e)
   return 0
