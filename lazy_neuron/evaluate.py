@@ -196,22 +196,24 @@ def run(config, workdir: str, stream=None, corruptions=None) -> dict[str, float]
     return _run_corrupted(steps, state["params"], config, step, workdir, corruptions, stream)
   results = evaluate(steps, state["params"], config, step, workdir)
   if jax.process_index() == 0:
-    fileio.write_atomic(epath.Path(workdir) / f"eval_{step}.json",
-                        json.dumps({"step": step, **results}, indent=1, sort_keys=True))
-    for key in sorted(results):
-      print(f"{key:<48} {results[key]:.6g}", file=stream)
+    write_results(epath.Path(workdir) / f"eval_{step}.json", step, results, stream)
     print(f"evaluated checkpoint {step} of {workdir}", file=stream, flush=True)
   return results
+
+
+def write_results(path, step: int, results: dict, stream, shown=lambda key: True) -> None:
+  """{"step": step, **results} as JSON at `path` (atomically), and the `shown` keys printed as a
+  table on `stream` (the eval command's and the import command's output)."""
+  fileio.write_atomic(path, json.dumps({"step": step, **results}, indent=1, sort_keys=True))
+  for key in sorted(filter(shown, results)):
+    print(f"{key:<48} {results[key]:.6g}", file=stream)
 
 
 def _run_corrupted(steps, params, config, step, workdir, plan, stream) -> dict:
   results = evaluate_corrupted(steps, params, config, plan)
   if jax.process_index() == 0:
-    fileio.write_atomic(epath.Path(workdir) / f"eval_corrupted_{step}.json",
-                        json.dumps({"step": step, **results}, indent=1, sort_keys=True))
-    for key in sorted(results):
-      if key.startswith("eval/") or key.startswith("eval_corrupted/mean/"):
-        print(f"{key:<48} {results[key]:.6g}", file=stream)
+    write_results(epath.Path(workdir) / f"eval_corrupted_{step}.json", step, results, stream,
+                  lambda key: key.startswith(("eval/", "eval_corrupted/mean/")))
     print(f"evaluated checkpoint {step} of {workdir} on {len(plan)} corrupted eval sets: "
           f"eval_corrupted_{step}.json", file=stream, flush=True)
   return results

@@ -138,11 +138,9 @@ def run(src: str, workdir: str, spec: Optional[str] = None, overrides: Sequence[
     for w in writers:
       w.write(0, values)
     sparsity.save_npz(workdir, 0, stats)
-    fileio.write_atomic(wd / "eval_0.json", json.dumps({"step": 0, **values}, indent=1,
-                                                       sort_keys=True))
+    evaluate.write_results(wd / "eval_0.json", 0, values, stream,
+                           lambda key: "/mean/" in key or key.startswith("eval/"))
   if is_main:
-    for key in sorted(k for k in values if "/mean/" in k or k.startswith("eval/")):
-      print(f"{key:<48} {values[key]:.6g}", file=stream)
     head = " with a new zero head for the data's classes" if new_head else ""
     print(f"imported {conv.kind} {src} ({config.model.name}, "
           f"{sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)):,} parameters){head} "
@@ -154,10 +152,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv if argv is None else argv)
   p = flags.parser(argv[0], __doc__.split("\n\n")[0])
   p.add_argument("--src", required=True, help="checkpoint folder or .npz")
-  p.add_argument("--workdir", required=True, help="a new workdir")
   p.add_argument("--config", default=None,
                  help="configs/<exp>.py[:args] for data, optimizer and mesh; default: offline "
                       "docstrings (T5) or digits (ViT)")
+  p.add_argument("--workdir", required=True, help="a new workdir")
   p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
                  help="evaluate step 0 (metrics.jsonl for `lazy-neuron report`)")
   try:
