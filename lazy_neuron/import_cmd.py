@@ -148,9 +148,8 @@ def run(src: str, workdir: str, spec: Optional[str] = None, overrides: Sequence[
   return values
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  argv = list(sys.argv if argv is None else argv)
-  p = flags.parser(argv[0], __doc__.split("\n\n")[0])
+def _parser(prog: str) -> argparse.ArgumentParser:
+  p = flags.parser(prog, __doc__.split("\n\n")[0])
   p.add_argument("--src", required=True, help="checkpoint folder or .npz")
   p.add_argument("--config", default=None,
                  help="configs/<exp>.py[:args] for data, optimizer and mesh; default: offline "
@@ -158,8 +157,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("--workdir", required=True, help="a new workdir")
   p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
                  help="evaluate step 0 (metrics.jsonl for `lazy-neuron report`)")
+  return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  argv = list(sys.argv if argv is None else argv)
   try:
-    ns, overrides = flags.parse(p, argv[1:], config_overrides=True)
+    ns, overrides = flags.parse(_parser(argv[0]), argv[1:], config_overrides=True)
     checks.string("--src", ns.src)
     checks.string("--workdir", ns.workdir)
     run(ns.src, ns.workdir, ns.config, overrides, ns.eval)
