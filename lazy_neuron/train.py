@@ -251,6 +251,7 @@ def _loop(config, workdir, setup, stream, stop_after, stop_requests, steps, ckpt
   # -------------------------------------------------------------------------------------- loop
   pending = metrics.PendingMetrics()
   t0 = time.time()
+  t_first, first_step, t_end = t0, start, t0
   signum = None
   try:
     if start == 0 and config.eval_every_steps:
@@ -276,6 +277,7 @@ def _loop(config, workdir, setup, stream, stop_after, stop_requests, steps, ckpt
         raise
       if not committed:
         commit()
+        t_first, first_step = time.time(), step  # the first step has run (blocked on above)
       final = step == config.total_steps
       if step % config.log_every_steps == 0 or final:
         pending.add(step, window, lambda w, st=step: steps_lib.window_metrics(
@@ -305,6 +307,8 @@ def _loop(config, workdir, setup, stream, stop_after, stop_requests, steps, ckpt
         write(st, values, t)
     for st, values, t in pending.flush(block=True):
       write(st, values, t)
+    jax.block_until_ready(state)
+    t_end = time.time()
   except TrainingDivergedError as e:
     ckpt.close()  # in-flight saves finish: each was checked finite before it started
     good = ckpt.latest_step()
@@ -319,7 +323,13 @@ def _loop(config, workdir, setup, stream, stop_after, stop_requests, steps, ckpt
           f"{os.fspath(wd / 'checkpoints' / str(step))} written; run the same command to resume",
           file=stream, flush=True)
   elif is_main and config.total_steps > start:
-    print(f"done: {config.total_steps - start} steps in {time.time() - t0:.1f}s; workdir "
+    # The loop's own pace: wall time from the end of the first step (compilation) to the end of
+    # the last, evaluations, checkpoints and metric writes included; compare it with `bench
+    # train`'s step_ms for the same config (docs/performance.md, "The training loop").
+    pace = ""
+    if step > first_step:
+      pace = f" ({1e3 * (t_end - t_first) / (step - first_step):.2f} ms/step after the first)"
+    print(f"done: {config.total_steps - start} steps in {time.time() - t0:.1f}s{pace}; workdir "
           f"{workdir}", file=stream, flush=True)
   return last
 
