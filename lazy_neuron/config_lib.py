@@ -172,7 +172,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
       if i < len(path) - 1:
         node = node[part]
     last = path[-1]
-    value = _convert(key, text, node[last])
+    # An optional field (a placeholder: `topk`, say) takes None back even when it holds a value.
+    optional = isinstance(node._fields.get(last), ml_collections.FieldReference)  # pylint: disable=protected-access
+    value = None if optional and text.strip() == "None" else _convert(key, text, node[last])
     try:
       with node.unlocked() if isinstance(node[last], type(None)) else contextlib.nullcontext():
         node[last] = value

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lazy_neuron import config_lib, optim
+from lazy_neuron.errors import UserError
 
 CONFIGS = sorted(glob.glob("configs/*.py"))
 
@@ -56,3 +57,13 @@ def test_t5_c4_uses_t5s_rsqrt_schedule_on_int_steps():
   for step, lr in ((0, 1e-2), (9_999, 1e-2), (39_999, 5e-3), (2**19 - 1, 1e-2 * (10_000 / 2**19) ** 0.5)):
     np.testing.assert_allclose(float(schedule(step)), lr, rtol=1e-5)
     np.testing.assert_allclose(float(schedule(jnp.int32(step))), lr, rtol=1e-5)
+
+
+def test_an_optional_field_takes_none_back_from_the_command_line(repo_root):
+  """`bench train --variants=dense` sets topk=None on a config that has a Top-k value; a required
+  field still refuses None."""
+  spec = os.path.join(repo_root, "configs/paper/vit_fmnist.py:scale=smoke,topk=32")
+  assert config_lib.load_config(spec).model.topk == 32
+  assert config_lib.load_config(spec, ["config.model.topk=None"]).model.topk is None
+  with pytest.raises(UserError, match=r"config.batch_size='None' is not a valid int"):
+    config_lib.load_config(spec, ["config.batch_size=None"])

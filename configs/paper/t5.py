@@ -10,8 +10,9 @@ Scales (docs/reproduction.md):
   cpu    400 steps of the tiny T5 (d_model 128, d_ff 1024 by default, bytes, 64-token inputs);
          the settings of configs/t5_offline.py, shortened so that a claim's runs fit ~5 minutes on
          2 CPU cores (an estimate: not yet measured).
-  gpu    T5-Small dimensions (d_model 512, 8 heads) for 20k steps at batch 128 x 128 tokens:
-         planned as one ~10-minute H200 job per run (an estimate: not yet measured).
+  gpu    T5-Small dimensions (d_model 512, 8 heads) for 2000 steps at batch 128 x 128 tokens
+         (200 warm-up steps), sized so that the reproduction's text runs share the GPUs of one
+         10-minute job (3 layers with d_ff 1024: a 10.5 ms step on one H200, `bench train`).
 
 C1 at T5-Base size on one H200 (`recipe=...`, scale=gpu; not registered in `reproduce` yet): T5-Base
 (bf16) on the Debian documentation corpus (`corpus=PATH`, default `.corpus/debian_docs.tar.gz`
@@ -41,7 +42,7 @@ from lazy_neuron.config_lib import parse_arg
 SCALES = {
     "smoke": ("tiny", 2, 128, 6, 8, 32, 3, 16, 3e-3, 2),
     "cpu": ("tiny", 2, 1024, 400, 32, 64, 100, 256, 3e-3, 50),
-    "gpu": ("small", 6, 2048, 20_000, 128, 128, 1000, 512, 3e-3, 1000),
+    "gpu": ("small", 6, 2048, 2_000, 128, 128, 500, 512, 3e-3, 200),
 }
 
 
