@@ -3,6 +3,7 @@ import glob
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -132,6 +133,9 @@ def test_resumed_run_continues_at_the_right_step_and_matches(tmp_path, restore_c
   train.train_and_evaluate(config, resumed, devices, stream=out)
   assert "resumed from" in out.getvalue() and "checkpoints/4" in out.getvalue()
   assert "step 6/6" in out.getvalue() and "step 2/6 " not in out.getvalue()
+  # The loop's own pace (steps 5 -> 6 here: the first step after a resume compiles).
+  pace = re.search(r"done: 2 steps in [\d.]+s \(([\d.]+) ms/step after the first\)", out.getvalue())
+  assert pace and float(pace.group(1)) > 0, out.getvalue()
   s1, p1, d1 = restore_checkpoint(straight, config)
   s2, p2, d2 = restore_checkpoint(resumed, config)
   assert s1 == s2 == 6 and d1 == d2
