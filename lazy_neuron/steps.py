@@ -270,6 +270,67 @@ def to_global(batch: dict, sharding: NamedSharding) -> dict:
           for k, v in batch.items()}
 
 
+class DevicePrefetch:
+  """The train iterator's next `size` batches made and put on the devices by a background thread
+  while the current step runs, so that neither the input pipeline's hand-over nor the host-to-device
+  copy sits between two steps (the idea of big_vision's and flax's prefetch to device).
+
+  Ours because the loop needs what those do not give: global arrays laid out by a NamedSharding
+  (`to_global`, multi-process included) and, with each batch, the iterator state right after it, so
+  that a checkpoint saves the state of the last batch the loop *consumed*, not of the ones waiting
+  here (exact resumption). An error in the thread (bad data, an exhausted one-pass source) is raised
+  by `next()` in the loop, as a direct `next(iterator)` would. `size=0`: no thread, each batch made
+  when asked for (CPU meshes of several devices, whose steps the loop runs one at a time).
+  """
+
+  def __init__(self, iterator, sharding: NamedSharding, size: int = 2):
+    import queue
+    import threading
+
+    self._iterator, self._sharding = iterator, sharding
+    self._thread = None
+    if not size:
+      return
+    self._queue: Any = queue.Queue(maxsize=int(size))
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._fill, name="lazy_neuron-prefetch", daemon=True)
+    self._thread.start()
+
+  def _fill(self) -> None:
+    import queue
+
+    while not self._stop.is_set():
+      try:
+        batch = to_global(next(self._iterator), self._sharding)
+        item = (batch, self._iterator.get_state(), None)
+      except BaseException as e:  # noqa: BLE001 - handed to the loop, which raises it
+        item = (None, None, e)
+      while not self._stop.is_set():
+        try:
+          self._queue.put(item, timeout=0.1)
+          break
+        except queue.Full:
+          continue
+      if item[2] is not None:
+        return
+
+  def __next__(self) -> tuple[dict, Any]:
+    """(the next global batch, the iterator's state after it)."""
+    if self._thread is None:
+      batch = to_global(next(self._iterator), self._sharding)
+      return batch, self._iterator.get_state()
+    batch, state, error = self._queue.get()
+    if error is not None:
+      raise error
+    return batch, state
+
+  def close(self) -> None:
+    """Stops the thread (idempotent); the iterator itself is the caller's to close."""
+    if self._thread is not None:
+      self._stop.set()
+      self._thread.join()
+
+
 def window_metrics(window: dict, schedule, step: int, skip_nonfinite: bool = False,
                    flops_info: Any = None) -> dict[str, float]:
   """A fetched train window -> train/* and sparsity/train/* metrics (with `flops_info`, the

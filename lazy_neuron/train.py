@@ -250,6 +250,10 @@ def _loop(config, workdir, setup, stream, stop_after, stop_requests, steps, ckpt
   devices = setup.mesh.size
   # -------------------------------------------------------------------------------------- loop
   pending = metrics.PendingMetrics()
+  # The next batches are made and copied to the devices while a step runs; `data_state` is the
+  # iterator's state after the last batch a step consumed (what a checkpoint must save).
+  feed = steps_lib.DevicePrefetch(train_iter, setup.batch_sharding,
+                                  size=0 if steps.sync_each_step else 2)
   t0 = time.time()
   t_first, first_step, t_end = t0, start, t0
   signum = None
@@ -265,7 +269,7 @@ def _loop(config, workdir, setup, stream, stop_after, stop_requests, steps, ckpt
       write(0, values)
     for step in range(start + 1, config.total_steps + 1):
       try:
-        batch = steps_lib.to_global(next(train_iter), setup.batch_sharding)
+        batch, data_state = next(feed)
         with steps.context():
           state, window = steps.train_step(state, window, batch)
         if steps.sync_each_step or not committed:
@@ -300,7 +304,7 @@ def _loop(config, workdir, setup, stream, stop_after, stop_requests, steps, ckpt
       if do_eval:
         write(step, run_eval(step))
       if do_save:
-        ckpt.save(step, state, train_iter.get_state(), window, force=final or stop)
+        ckpt.save(step, state, data_state, window, force=final or stop)
       if stop:
         break
       for st, values, t in pending.flush(block=False):
@@ -315,6 +319,8 @@ def _loop(config, workdir, setup, stream, stop_after, stop_requests, steps, ckpt
     e.last_checkpoint = os.fspath(wd / "checkpoints" / str(good)) if good is not None else None
     e.args = (e.message(),)
     raise
+  finally:
+    feed.close()  # before the caller closes the iterator the thread reads
   ckpt.close()
 
   # ------------------------------------------------------------------------------------ report
