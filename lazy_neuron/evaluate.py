@@ -70,21 +70,47 @@ def evaluate_with_stats(steps: steps_lib.Steps, params, config) -> tuple[dict[st
 def _evaluate(steps: steps_lib.Steps, params, config, eval_transform=None):
   """(metrics, sparsity statistics or None, ECE bin sums or {}) on the eval split, its batches
   passed through `eval_transform` (see `data.build`) when given."""
-  s = steps.s
-  eval_batch = config.get("eval_batch_size") or config.batch_size
-  it = data.build(config.data, split="eval", batch_size=eval_batch, seed=config.seed,
-                  process_index=jax.process_index(), process_count=jax.process_count(),
-                  eval_transform=eval_transform)
-  outs = []
-  with it, steps.context():
+  with _eval_iterator(config, eval_transform=eval_transform) as it:
+    outs = list(_eval_outputs(steps, params, it))
+  return _summary(steps, jax.device_get(outs))  # one sync, after the last batch
+
+
+def _evaluate_each(steps: steps_lib.Steps, params, config, transforms) -> list:
+  """`_evaluate`'s triple for each of `transforms` (None: the clean eval split), all read through
+  ONE pipeline (`data.build(eval_transforms=...)`: one pool of threads / worker processes), each
+  pass's outputs fetched when its last batch is in."""
+  results, outs = [], []
+  with _eval_iterator(config, eval_transforms=transforms) as it:
+    per_pass = len(it) // len(transforms)
+    for out in _eval_outputs(steps, params, it):
+      outs.append(out)
+      if len(outs) == per_pass:
+        results.append(_summary(steps, jax.device_get(outs)))
+        outs = []
+  return results
+
+
+def _eval_iterator(config, **transforms) -> data.DataIterator:
+  return data.build(config.data, split="eval", batch_size=config.get("eval_batch_size")
+                    or config.batch_size, seed=config.seed, process_index=jax.process_index(),
+                    process_count=jax.process_count(), **transforms)
+
+
+def _eval_outputs(steps: steps_lib.Steps, params, it):
+  """The eval step's (device) outputs of every batch of `it`, in order."""
+  with steps.context():
     for batch in it:
-      out = steps.eval_step(params, steps_lib.to_global(batch, s.batch_sharding))
+      out = steps.eval_step(params, steps_lib.to_global(batch, steps.s.batch_sharding))
       if steps.sync_each_step:
         jax.block_until_ready(out)
-      outs.append(out)
+      yield out
+
+
+def _summary(steps: steps_lib.Steps, outs: list):
+  """The fetched outputs of one pass over the eval split -> `_evaluate`'s triple."""
   if not outs:
     return {}, None, {}
-  merged = [_batch_metrics(out) for out in jax.device_get(outs)]  # one sync, after the last batch
+  merged = [_batch_metrics(out) for out in outs]
   total = merged[0]
   for m in merged[1:]:
     total = _merge(total, m)
@@ -95,7 +121,7 @@ def _evaluate(steps: steps_lib.Steps, params, config, eval_transform=None):
   stats = None
   if total["sparsity"]:
     stats = sparsity.flatten_stats(total["sparsity"])
-    result.update(sparsity.metrics_from_stats(stats, "eval", s.flops_info))
+    result.update(sparsity.metrics_from_stats(stats, "eval", steps.s.flops_info))
   return result, stats, total["ece"]
 
 
@@ -125,12 +151,14 @@ def evaluate_corrupted(steps: steps_lib.Steps, params, config, plan) -> dict:
   from lazy_neuron import corruptions
 
   out, reliability = {}, {}
-  clean, _, bins = _evaluate(steps, params, config)
+  # One pipeline for the clean pass and every (corruption, severity) pass: starting one per pass
+  # would start its threads or worker processes again each time.
+  transforms = [None] + [corruptions.batch_transform(name, severity) for name, severity in plan]
+  (clean, _, bins), *passes = _evaluate_each(steps, params, config, transforms)
   out.update(clean)
   reliability["clean"] = _bins(bins)
   per_severity: dict = {}
-  for name, severity in plan:
-    result, _, bins = _evaluate(steps, params, config, corruptions.batch_transform(name, severity))
+  for (name, severity), (result, _, bins) in zip(plan, passes):
     values = {"accuracy": result["eval/accuracy"], "nll": result["eval/loss"],
               "ece": result.get("eval/ece", float("nan")),
               "nonzero_frac": result.get(NONZERO, float("nan"))}

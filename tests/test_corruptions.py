@@ -257,3 +257,71 @@ def test_registry_has_the_vision_claims():
                                  "C11", "C12", "C13", "C14"]
   assert [e.name for e in claims.CLAIMS["C6"].experiments("cpu")] == ["mixer_fmnist", "mlp_digits"]
   assert len(claims.CLAIMS["C11"].experiments("cpu")) == 9  # {0, 0.2, 0.4} x {dense, 2 Top-k}
+
+
+# ------------------------------------------------------------------------------------------------
+# One pipeline for every corrupted pass
+# ------------------------------------------------------------------------------------------------
+def test_eval_transforms_are_passes_of_one_pipeline(idx):  # noqa: F811 - the fixture imported above
+  """`data.build(eval_transforms=[...])` yields, transform-major, exactly the batches of building
+  each transform alone (padding zeroed and masked), on each of 2 process shards."""
+  from lazy_neuron import data
+  from tests.test_fashion_mnist import cfg
+  transforms = [None, corruptions.batch_transform("gaussian_noise", 2),
+                corruptions.batch_transform("contrast", 4)]
+  real = []
+  for shard in (dict(process_index=0, process_count=2), dict(process_index=1, process_count=2)):
+    kw = dict(split="eval", batch_size=16, seed=0, **shard)  # 21 examples: 2 batches, 11 padding
+    with data.build(cfg(idx), eval_transforms=transforms, **kw) as it:
+      assert len(it) == 3 * 2
+      together = list(it)
+    alone = [b for t in transforms for b in data.build(cfg(idx), eval_transform=t, **kw)]
+    assert len(together) == len(alone) == 6
+    for a, b in zip(together, alone):
+      assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(together[0]["image"], together[2]["image"])  # corrupted
+    real += [sum(b["mask"].sum() for b in together[j * 2:(j + 1) * 2]) for j in range(3)]
+  assert real == [11] * 3 + [10] * 3  # the 21 examples of each pass, split between the shards
+
+
+def test_corrupted_eval_starts_one_pipeline_and_matches_each_pass_alone(smoke, tmp_path,
+                                                                         monkeypatch):
+  """`evaluate_corrupted` builds ONE eval iterator for the clean pass and every (corruption,
+  severity) pass, and each pass's metrics equal that pass evaluated alone through `_evaluate`."""
+  import io
+  import shutil
+  from lazy_neuron import data
+  workdir = tmp_path / "run"  # a copy: other tests read the shared run's eval_corrupted file
+  shutil.copytree(os.path.join(smoke, "runs", "vit_fmnist"), workdir)
+  config = evaluate._config_from_workdir(str(workdir))  # 21 test images: 2 batches, one padded
+  plan = corruptions.parse("gaussian_noise,contrast:2-3") + [("fog", 0)]
+  builds, seen = [], {}
+  build, corrupted = data.build, evaluate.evaluate_corrupted
+  monkeypatch.setattr(data, "build", lambda *a, **k: builds.append(k) or build(*a, **k))
+
+  def spy(steps, params, config, plan):
+    seen.update(steps=steps, params=params, config=config)
+    return corrupted(steps, params, config, plan)
+
+  monkeypatch.setattr(evaluate, "evaluate_corrupted", spy)
+  results = evaluate.run(config, str(workdir), stream=io.StringIO(), corruptions=plan)
+  assert len(builds) == 1 and len(builds[0]["eval_transforms"]) == 1 + len(plan)
+  steps, params, config = seen["steps"], seen["params"], seen["config"]
+  # float32 per-batch sums of 21 examples, added in float64: equal up to a few float32 roundings
+  approx = lambda v: pytest.approx(v, rel=21 * float(np.finfo(np.float32).eps), abs=1e-7)
+  clean, _, bins = evaluate._evaluate(steps, params, config)
+  assert results["eval/accuracy"] == approx(clean["eval/accuracy"])
+  assert results["eval/loss"] == approx(clean["eval/loss"])
+  np.testing.assert_allclose(results["reliability"]["clean"]["count"], evaluate._bins(bins)["count"])
+  for name, severity in plan:
+    alone, _, bins = evaluate._evaluate(steps, params, config,
+                                        corruptions.batch_transform(name, severity))
+    key = f"eval_corrupted/{name}/{severity}/"
+    for metric, want in [("accuracy", alone["eval/accuracy"]), ("nll", alone["eval/loss"]),
+                         ("ece", alone["eval/ece"]), ("nonzero_frac", alone[evaluate.NONZERO])]:
+      assert results[key + metric] == approx(want), (key + metric)
+    for field, values in evaluate._bins(bins).items():
+      np.testing.assert_allclose(results["reliability"][f"{name}/{severity}"][field], values,
+                                 rtol=21 * np.finfo(np.float32).eps, atol=1e-6)
+  assert results["eval_corrupted/fog/0/nll"] == approx(results["eval/loss"])
+  assert results["eval_corrupted/gaussian_noise/3/nll"] != approx(results["eval/loss"])

@@ -112,7 +112,7 @@ def check_steps(data_config, total_steps: int, batch_size: int, info: DataInfo |
 
 
 def build(data_config, *, split: str, batch_size: int, seed: int, process_index: int = 0,
-          process_count: int = 1, eval_transform=None) -> DataIterator:
+          process_count: int = 1, eval_transform=None, eval_transforms=None) -> DataIterator:
   """A batch iterator of this process's share (batch_size // process_count) of each global batch.
 
   split="train": infinite, order depends only on `seed`; `get_state()`/`set_state()` resume exactly.
@@ -120,6 +120,9 @@ def build(data_config, *, split: str, batch_size: int, seed: int, process_index:
   "mask" (float32 [B], 1 real / 0 padding). Processes get disjoint shards that together cover the data.
   `eval_transform(global_indices, batch) -> batch` (eval only) changes each batch before padding, in
   the pipeline's threads: e.g. `corruptions.batch_transform` (its `fingerprint` joins the state's).
+  `eval_transforms=[t0, t1, ...]` (eval only; None entries leave batches as they are) instead: the
+  eval split once per transform, transform-major, through one pipeline (one pool of threads or worker
+  processes for all); `len(it)` is len(eval_transforms) x the batches of one pass.
   """
   cfg = _validate(data_config)
   checks.choice("split", split, SPLITS)
@@ -131,9 +134,17 @@ def build(data_config, *, split: str, batch_size: int, seed: int, process_index:
   if cfg.get("one_pass"):
     fingerprint["one_pass"] = True
   fingerprint.update(getattr(source, "fingerprint", {}))  # e.g. which copy of a dataset was read
+  if eval_transform is not None and eval_transforms is not None:
+    raise ValueError("pass eval_transform or eval_transforms, not both")
   if eval_transform is not None:
     checks.choice("split", split, ("eval",))  # train batches are never transformed here
-    fingerprint["eval_transform"] = getattr(eval_transform, "fingerprint", repr(eval_transform))
+    fingerprint["eval_transform"] = _fingerprint_of(eval_transform)
+  if eval_transforms is not None:
+    checks.choice("split", split, ("eval",))
+    eval_transforms = list(eval_transforms)
+    if not eval_transforms:
+      raise ValueError("eval_transforms is empty; pass at least one transform (None: no change)")
+    fingerprint["eval_transforms"] = [_fingerprint_of(t) for t in eval_transforms]
   if split == "train" and hasattr(source, "train_iter_dataset"):  # packed text: an iterator pipeline
     fingerprint["num_records"] = source.num_train
     ds = source.train_iter_dataset(seed=seed, per_process=per_process, process_index=process_index,
@@ -151,14 +162,26 @@ def build(data_config, *, split: str, batch_size: int, seed: int, process_index:
                                 one_pass=bool(cfg.get("one_pass")))
     num_batches = None
   else:
-    fn = source.eval_batch_fn(seed)
-    if eval_transform is not None:
-      fn = lambda index, records, make=fn: eval_transform(index, make(index, records))
+    fn = _transformed(source.eval_batch_fn(seed), eval_transform)
+    if eval_transforms is not None:
+      fn = [_transformed(fn, t) for t in eval_transforms]
     num = source.num_eval
     fingerprint["num_examples"] = num
     ds, num_batches = pipeline.eval_dataset(num, fn, per_process=per_process,
                                             process_index=process_index, process_count=process_count)
+    num_batches *= len(eval_transforms or [None])
   spec = pipeline.spec_of(ds[0])
   return DataIterator(ds, fingerprint=fingerprint, element_spec=spec, num_batches=num_batches,
                       num_threads=cfg["num_threads"], prefetch=cfg["prefetch"],
                         num_workers=cfg["num_workers"])
+
+
+def _fingerprint_of(transform) -> str:
+  return "none" if transform is None else getattr(transform, "fingerprint", repr(transform))
+
+
+def _transformed(make_batch, transform):
+  """`make_batch` followed by `transform(global_indices, batch)` (`make_batch` itself for None)."""
+  if transform is None:
+    return make_batch
+  return lambda index, records: transform(index, make_batch(index, records))

@@ -187,19 +187,25 @@ def train_dataset(num_records: int | None, make_batch: Callable[[np.ndarray, np.
   return ds.map(lambda ir: make_batch(np.asarray(ir[0]), np.asarray(ir[1])))
 
 
-def eval_dataset(num_examples: int, make_batch: Callable[[np.ndarray, np.ndarray], dict],
-                 *, per_process: int, process_index: int, process_count: int):
-  """Finite: every example exactly once, padded to whole global batches; adds "mask"."""
+def eval_dataset(num_examples: int, make_batch, *, per_process: int, process_index: int,
+                 process_count: int):
+  """Finite: every example exactly once, padded to whole global batches; adds "mask".
+
+  `make_batch` is one function `(global_indices, record_indices) -> batch`, or a sequence of them:
+  then the eval set is read once per function, function-major in one dataset (batches
+  [j * num_batches, (j + 1) * num_batches) are function j's), so one iterator (one pool of threads
+  or worker processes) serves every pass. Returns (dataset, num_batches of one pass).
+  """
   import grain
 
   global_batch = per_process * process_count
   num_batches = max(1, math.ceil(num_examples / global_batch))
 
-  def padded(indices):
+  def padded(indices, make=make_batch):
     indices = np.asarray(indices, dtype=np.int64)
     real = indices < num_examples
     safe = np.where(real, indices, 0)
-    batch = make_batch(safe, safe)
+    batch = make(safe, safe)
     out = {}
     for key, value in batch.items():
       value = np.array(value)  # a copy we may zero
@@ -209,8 +215,17 @@ def eval_dataset(num_examples: int, make_batch: Callable[[np.ndarray, np.ndarray
     return out
 
   ds = grain.MapDataset.range(num_batches * global_batch)[process_index::process_count]
-  ds = ds.batch(per_process, drop_remainder=True).map(padded)
-  return ds, num_batches
+  ds = ds.batch(per_process, drop_remainder=True)
+  if callable(make_batch):
+    return ds.map(padded), num_batches
+  makers = tuple(make_batch)
+  # Pass-major over (function, batch): element k is batch k % num_batches of pass k // num_batches,
+  # read by random access into the index batches `ds`.
+  def pass_batch(k):
+    j, b = divmod(int(k), num_batches)
+    return padded(ds[b], makers[j])
+
+  return grain.MapDataset.range(len(makers) * num_batches).map(pass_batch), num_batches
 
 
 def spec_of(batch: dict[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
