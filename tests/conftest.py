@@ -10,6 +10,18 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One cache (corpus, tokenizer, TFDS digits) for the whole session, outside the user's home.
 os.environ.setdefault("LAZY_NEURON_CACHE",
                       os.path.join(tempfile.gettempdir(), "lazy_neuron_test_cache"))
+# JAX's persistent compilation cache, for this session and the CLI processes its tests start: many
+# tests compile the same tiny programs again (a resumed run, one config through several commands).
+# A fresh folder per session (removed at exit), so no executable outlives the code that made it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit
+  import shutil
+
+  _JAX_CACHE = tempfile.mkdtemp(prefix="lazy_neuron_jax_cache_")
+  atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_JAX_CACHE,
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 import pytest  # noqa: E402
 
