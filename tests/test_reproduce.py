@@ -304,3 +304,28 @@ def test_print_commands_gives_the_runs_train_commands_and_writes_nothing(smoke, 
   assert command.main(["lazy-neuron reproduce", "--claims=C1,C7", "--scale=smoke", f"--out={smoke}",
                        "--print-commands"]) == 0
   assert capsys.readouterr().out.strip().splitlines()[0].startswith("# then, to judge:")
+
+
+def test_judge_only_judges_copied_runs_without_training(smoke, tmp_path, capsys):
+  """--judge-only: runs copied back without their checkpoints (trained elsewhere) are judged as
+  they are — same verdicts, nothing trained; a missing run is named and its claim undecided."""
+  import shutil
+  out = tmp_path / "copied"
+  shutil.copytree(smoke, out, ignore=shutil.ignore_patterns("checkpoints"))
+  os.remove(out / "summary.json")
+  want = {c["id"]: c["verdict"] for c in json.load(open(os.path.join(smoke, "summary.json")))["claims"]}
+  assert command.main(["lazy-neuron reproduce", "--claims=C1,C7", "--scale=smoke", f"--out={out}",
+                       "--judge-only"]) == 0
+  capsys.readouterr()
+  got = json.load(open(out / "summary.json"))
+  assert {c["id"]: c["verdict"] for c in got["claims"]} == want
+  assert not list(out.glob("runs/*/checkpoints"))  # trained nothing
+  shutil.rmtree(out / "runs" / "t5")
+  assert command.main(["lazy-neuron reproduce", "--claims=C1", "--scale=smoke", f"--out={out}",
+                       "--judge-only"]) == 0
+  assert "no metrics in runs/t5" in capsys.readouterr().out
+  assert json.load(open(out / "summary.json"))["claims"][0]["verdict"] == claims.INCONCLUSIVE
+  assert not (out / "runs" / "t5").exists()
+  line = _refuses(["--claims=C1", "--scale=smoke", f"--out={out}", "--judge-only",
+                   "--print-commands"], capsys, tmp_path)
+  assert "--judge-only" in line and "--print-commands" in line

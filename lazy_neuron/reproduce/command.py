@@ -43,7 +43,13 @@ def parse_flags(argv: Sequence[str]):
   p.add_argument("--print-commands", "--print_commands", action="store_true",
                  help="print a `lazy-neuron train` command per unfinished run and stop (nothing "
                  "is written): run them in parallel, then rerun without this flag to judge")
+  p.add_argument("--judge-only", "--judge_only", action="store_true",
+                 help="train nothing: judge the runs DIR holds as they are (runs trained "
+                 "elsewhere and copied back without their checkpoints); a claim whose runs are "
+                 "missing or short is inconclusive")
   ns, _ = flags.parse(p, argv[1:])
+  if ns.print_commands and ns.judge_only:
+    raise checks.fail("--judge-only", True, "it excludes --print-commands; give one of them")
   claim_ids = []
   for cid in checks.string("--claims", ns.claims).split(","):
     cid = cid.strip().upper()
@@ -54,7 +60,7 @@ def parse_flags(argv: Sequence[str]):
       claim_ids.append(cid)
   checks.choice("--scale", ns.scale, SCALES)
   out = outpaths.folder("--out", ns.out)
-  return claim_ids, ns.scale, out, ns.print_commands
+  return claim_ids, ns.scale, out, ns.print_commands, ns.judge_only
 
 
 # ================================================================================================
@@ -244,9 +250,10 @@ def write_outputs(out: str, summary: dict) -> None:
 # Entry point
 # ================================================================================================
 def reproduce(claim_ids: Sequence[str], scale: str, out: str, stream=None,
-              print_commands: bool = False) -> Optional[dict]:
+              print_commands: bool = False, judge_only: bool = False) -> Optional[dict]:
   """Validates, runs, judges, writes; returns the summary (None when a run was stopped early, or
-  with print_commands, which prints the runs' train commands and writes nothing)."""
+  with print_commands, which prints the runs' train commands and writes nothing). judge_only
+  skips the training: the runs are judged on the metrics they hold."""
   stream = sys.stdout if stream is None else stream
   experiments = claims_lib.experiments_for(claim_ids, scale)
   configs = load_configs(experiments)
@@ -257,7 +264,13 @@ def reproduce(claim_ids: Sequence[str], scale: str, out: str, stream=None,
     print(f"# then, to judge: lazy-neuron reproduce --claims={','.join(claim_ids)} "
           f"--scale={scale} --out={out}", file=stream, flush=True)
     return None
-  if not run_experiments(out, configs, stream):
+  if judge_only:
+    missing = [n for n in configs if not os.path.exists(os.path.join(out, "runs", n,
+                                                                       "metrics.jsonl"))]
+    if missing:
+      print(f"--judge-only: no metrics in runs/{', runs/'.join(missing)}; their claims are judged "
+            "without them", file=stream, flush=True)
+  elif not run_experiments(out, configs, stream):
     return None
   summary = merge(out, scale, judge(out, claim_ids, scale))
   write_outputs(out, summary)
@@ -271,8 +284,8 @@ def reproduce(claim_ids: Sequence[str], scale: str, out: str, stream=None,
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv if argv is None else argv)
   try:
-    claim_ids, scale, out, print_commands = parse_flags(argv)
-    reproduce(claim_ids, scale, out, print_commands=print_commands)
+    claim_ids, scale, out, print_commands, judge_only = parse_flags(argv)
+    reproduce(claim_ids, scale, out, print_commands=print_commands, judge_only=judge_only)
   except UserError as e:
     return errors.report(e)
   return 0
