@@ -2,6 +2,7 @@
 import json
 import os
 
+import jax
 import pytest
 
 from lazy_neuron import flops
@@ -108,3 +109,29 @@ def test_bench_train_refuses_an_unwritable_out_before_any_work(where, tmp_path, 
       "lazy-neuron bench train", "--config=configs/vit_digits.py:runlocal", f"--out={out}"],
       capsys, snap)
   assert line.startswith(f"lazy-neuron: error: --out='{out}' is not valid"), line
+
+
+def test_bench_attention_times_every_case_and_writes_json(tmp_path, capsys):
+  """`bench attention` on CPU (XLA's implementation, tiny shapes): one row per case and lengths
+  setting, positive times, the JSON with hardware and versions; cuDNN where it cannot run is one
+  line, exit 2, nothing written."""
+  from lazy_neuron.bench import attention
+  out = tmp_path / "att.json"
+  assert attention.main(["lazy-neuron bench attention", "--implementation=xla", "--batch=2",
+                         "--heads=2", "--head-dim=8", "--enc-len=8", "--dec-len=4", "--steps=1",
+                         f"--out={out}"]) == 0
+  result = json.loads(out.read_text())
+  rows = result["rows"]
+  assert [(r["case"], r["lengths"]) for r in rows] == [
+      (c[0], lengths) for lengths in (False, True) for c in attention.CASES]
+  assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 for r in rows)
+  assert {r["k_len"] for r in rows if r["case"] == "dec_cross"} == {8}
+  assert result["versions"]["jax"] and result["hardware"]["device_kind"]
+  capsys.readouterr()
+  bad = tmp_path / "bad.json"
+  if jax.default_backend() != "gpu":
+    assert attention.main(["lazy-neuron bench attention", "--implementation=cudnn",
+                           f"--out={bad}"]) == 2
+    assert "--implementation='cudnn'" in capsys.readouterr().err
+  assert attention.main(["lazy-neuron bench attention", "--enc-len=0", f"--out={bad}"]) == 2
+  assert not bad.exists()

@@ -13,6 +13,8 @@ BENCHMARKS = {
               "training-step throughput of a config (dense vs top-k, sparsity on/off)"),
     "input": ("lazy_neuron.bench.input",
               "input-pipeline throughput (images/s decoded from JPEG records, tokens/s of text)"),
+    "attention": ("lazy_neuron.bench.attention",
+                  "fused attention fwd+bwd at T5-Base shapes: what the relative-position bias costs"),
     "peers": ("lazy_neuron.bench.peers",
               "lazy_neuron vs timm ViT-B/16 / transformers T5-Base on the same GPU: ratio, MFU"),
 }
