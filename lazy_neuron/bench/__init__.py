@@ -32,6 +32,19 @@ def int_list(name: str, text: str, *, min: int, example: str) -> list[int]:
   return values
 
 
+def run_command(parse, run, argv: list[str] | None = None) -> int:
+  """`run(parse(argv))`; a UserError from parsing (bad flags) is one line and exit code 2."""
+  from lazy_neuron import errors
+  from lazy_neuron.errors import UserError
+
+  argv = list(sys.argv if argv is None else argv)
+  try:
+    args = parse(argv)
+  except UserError as e:
+    return errors.report(e)
+  return run(args, argv)
+
+
 def main(argv: list[str] | None = None) -> int:
   from lazy_neuron import cli
 

@@ -103,15 +103,13 @@ def run_case(a, name: str, q_len: int, k_len: int, bias_mode, causal: bool, leng
 
 
 def main(argv=None) -> int:
-  from lazy_neuron import errors
-  from lazy_neuron.bench import train as bench_train
-  from lazy_neuron.errors import UserError
+  from lazy_neuron.bench import run_command
+  return run_command(_parse_flags, _run, argv)
 
-  argv = list(sys.argv if argv is None else argv)
-  try:
-    a = _parse_flags(argv)
-  except UserError as e:
-    return errors.report(e)
+
+def _run(a, argv) -> int:
+  from lazy_neuron.bench import train as bench_train
+
   lens = {"enc": a.enc_len, "dec": a.dec_len}
   env = bench_train.environment()
   print(f"# fused attention, forward + backward, on {env['hardware']['device_kind']} "
