@@ -231,10 +231,10 @@ class Steps:
       self.window_abstract = jax.eval_shape(train_step, s.abstract_state, None,
                                             self._batch_abstract(cfg.batch_size))[1]
     self.init = jax.jit(init, out_shardings=s.state_shardings)
-    self.train_step = jax.jit(train_step, in_shardings=(s.state_shardings, replicated,
-                                                        s.batch_sharding),
-                              out_shardings=(s.state_shardings, replicated),
-                              donate_argnums=(0, 1))
+    self.compiled_ahead = None  # compile_train_step_ahead(): whether its executable ran
+    self.train_step = self._jitted_train_step = jax.jit(
+        train_step, in_shardings=(s.state_shardings, replicated, s.batch_sharding),
+        out_shardings=(s.state_shardings, replicated), donate_argnums=(0, 1))
     self.eval_step = jax.jit(eval_step, in_shardings=(s.state_shardings["params"],
                                                       s.batch_sharding),
                              out_shardings=replicated)
@@ -249,6 +249,55 @@ class Steps:
     # Shapes only: a batch of one, not of `batch_size` (which need not fit in host memory).
     b = dummy_batch(self.s.model, self.s.info, 1)
     return {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype) for k, v in b.items()}
+
+  def compile_train_step_ahead(self) -> None:
+    """Starts compiling the train step in a background thread, for this setup's state, window and
+    batch shapes and shardings; `train_step` then waits for it on its first call and runs the
+    compiled executable. Meanwhile the caller builds its input pipeline and restores or initialises
+    the state, whose own compilation then overlaps the step's (XLA's compiler releases the GIL):
+    the first step comes sooner. A compilation error (out of memory included) is raised by that
+    first call, where a jitted step would raise it.
+
+    Not done when `train_step` was replaced after construction (tests wrap it to inject faults):
+    the wrapper is left as it is."""
+    if self.train_step is not self._jitted_train_step:
+      return
+    import concurrent.futures
+
+    from lazy_neuron import checkpointing
+
+    jitted = self._jitted_train_step
+    args = (checkpointing.abstract_with_shardings(self.s.abstract_state, self.s.state_shardings),
+            self.abstract_window(),
+            jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                        sharding=self.s.batch_sharding),
+                         self._batch_abstract(self.s.config.batch_size)))
+
+    def compile_step():
+      with self.context():
+        return jitted.lower(*args).compile()
+
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lazy_neuron-compile")
+    future = pool.submit(compile_step)
+    pool.shutdown(wait=False)
+    run = None
+
+    def train_step(state, window, batch):
+      nonlocal run
+      if run is not None:
+        return run(state, window, batch)
+      compiled = future.result()
+      try:
+        out = compiled(state, window, batch)
+      except TypeError:
+        # Arguments unlike the abstract ones (a pipeline's dtype differing from the dummy batch's):
+        # checked before anything runs, so nothing was donated; jit traces for what was given.
+        run, self.compiled_ahead = jitted, False
+        return jitted(state, window, batch)
+      run, self.compiled_ahead = compiled, True
+      return out
+
+    self.train_step = train_step
 
   def abstract_window(self) -> Any:
     """The window's shapes, dtypes and (replicated) shardings: what a checkpoint restores into."""

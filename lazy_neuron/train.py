@@ -186,12 +186,16 @@ def _train(config, workdir, setup, stream, stop_after, stop_requests) -> dict[st
         print(f"resumed from {where}", file=stream, flush=True)
       else:
         start = 0
+        # The step compiles in a thread while the initialisation compiles and runs here.
+        steps.compile_train_step_ahead()
         state = steps.init(jax.random.PRNGKey(config.seed))
     if restored is not None and start == config.total_steps:
       if is_main:
         print(f"nothing to do: checkpoint {where} is the last step (total_steps="
               f"{config.total_steps}); raise total_steps to train on", file=stream, flush=True)
       return {}
+    if restored is not None:
+      steps.compile_train_step_ahead()
     if window is None:  # a fresh run, or a checkpoint written before windows were saved
       window = steps.zero_window()
     return _loop(config, workdir, setup, stream, stop_after, stop_requests, steps, ckpt,

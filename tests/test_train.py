@@ -44,10 +44,13 @@ PLAIN_SGD = ["config.optimizer.name=sgd", "config.optimizer.momentum=0.0",
              "config.optimizer.warmup_steps=0", "config.optimizer.grad_clip_norm=0.0"]
 
 
-def _two_steps(config, devices):
-  """(params before, gradient of step 1, window of steps 1-2, eval outputs after step 2), host."""
+def _two_steps(config, devices, ahead=False):
+  """(params before, gradient of step 1, window of steps 1-2, eval outputs after step 2), host.
+  ahead=True: the train step compiled ahead of time in a thread, as `train` runs it."""
   setup = steps_lib.build_setup(config, devices)
   steps = steps_lib.Steps(setup)
+  if ahead:
+    steps.compile_train_step_ahead()
   from lazy_neuron import data
   it = data.build(config.data, split="train", batch_size=config.batch_size, seed=config.seed)
   params = []
@@ -60,6 +63,7 @@ def _two_steps(config, devices):
       state, window = steps.train_step(state, window, batch)
       jax.block_until_ready(state)  # fake CPU devices deadlock with several steps in flight
     ev = steps.eval_step(state["params"], batch)
+  assert steps.compiled_ahead is (True if ahead else None)
   # lr 1: the first step's update is minus its gradient (float64: no rounding of its own).
   grad = jax.tree.map(lambda a, b: np.asarray(a, np.float64) - np.asarray(b, np.float64),
                       params[0], params[1])
@@ -103,6 +107,30 @@ def test_sharded_step_on_8_devices_matches_1_device():
   assert len(jax.devices()) == 8
   config = load(T5_LOCAL, *PLAIN_SGD)
   _assert_same_steps(_two_steps(config, jax.devices()[:1]), _two_steps(config, jax.devices()))
+
+
+def test_step_compiled_ahead_matches_the_jitted_step():
+  """`train` compiles its step in a thread while the state is initialised: the executable that
+  runs must compute what the jitted step computes (8 devices, sharded)."""
+  config = load(T5_LOCAL, *PLAIN_SGD)
+  _assert_same_steps(_two_steps(config, jax.devices()), _two_steps(config, jax.devices(), True))
+
+
+def test_train_runs_the_step_compiled_ahead(tmp_path, monkeypatch):
+  """A fresh run and a resumed one both use the ahead-of-time executable (not a fallback)."""
+  made = []
+  build = steps_lib.Steps.__init__
+
+  def init(self, setup):
+    build(self, setup)
+    made.append(self)
+  monkeypatch.setattr(steps_lib.Steps, "__init__", init)
+  config = load(T5_LOCAL, "config.mesh=[('data', 1)]", "config.total_steps=4",
+                "config.eval_every_steps=0")
+  train.train_and_evaluate(config, str(tmp_path / "w"), jax.devices()[:1], stream=io.StringIO(),
+                           stop_after=2)
+  train.train_and_evaluate(config, str(tmp_path / "w"), jax.devices()[:1], stream=io.StringIO())
+  assert [s.compiled_ahead for s in made] == [True, True]
 
 
 @pytest.mark.parametrize("rules", ["fsdp", "tensor_parallel"])
