@@ -27,8 +27,8 @@ config without a tokenizer or data_dir benchmarks as written. The rest of the co
 as usual.
 
 `--input=pipeline` also times the same compiled step fed by the config's real input pipeline
-(`data.build` + `to_global`, exactly as `lazy-neuron train` feeds it) after `--pipeline-warmup`
-steps that drain the batches prefetched while compiling; `pipeline vs fixed` near 0% means the
+(`data.build` + `steps.DevicePrefetch`, exactly as `lazy-neuron train` feeds it) after
+`--pipeline-warmup` steps that drain the batches prefetched while compiling; `pipeline vs fixed` near 0% means the
 input pipeline keeps up with the step (docs/data.md):
 
   lazy-neuron bench train --config=configs/vit_imagenet.py:dataset=bench_jpeg,data_dir=DIR,workers=14 \
@@ -165,24 +165,30 @@ def load_variant_config(spec: str, overrides: Sequence[str], synthetic: bool):
   return config
 
 
-def _time_pipeline(step, setup, config, state, window, warmup: int, steps: int) -> dict:
-  """The compiled step fed by the config's input pipeline, as `train` feeds it."""
+def _time_pipeline(step, setup, config, state, window, warmup: int, steps: int,
+                   prefetch: int = 2) -> dict:
+  """The compiled step fed by the config's input pipeline, as `train` feeds it: through
+  `steps.DevicePrefetch` (`prefetch` batches made and put on the devices by a thread)."""
   from lazy_neuron import data
-  from lazy_neuron.steps import to_global
+  from lazy_neuron.steps import DevicePrefetch
   t_start = time.perf_counter()
   it = data.build(config.data, split="train", batch_size=config.batch_size, seed=config.seed)
-  first = next(it)
-  startup_s = time.perf_counter() - t_start
-  state, window = step(state, window, to_global(first, setup.batch_sharding))
-  for _ in range(warmup):
-    state, window = step(state, window, to_global(next(it), setup.batch_sharding))
-  jax.block_until_ready(state)
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, window = step(state, window, to_global(next(it), setup.batch_sharding))
-  jax.block_until_ready((state, window))
-  dt = (time.perf_counter() - t0) / steps
-  it.close()
+  feed = DevicePrefetch(it, setup.batch_sharding, size=prefetch)
+  try:
+    first, _ = next(feed)
+    startup_s = time.perf_counter() - t_start
+    state, window = step(state, window, first)
+    for _ in range(warmup):
+      state, window = step(state, window, next(feed)[0])
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      state, window = step(state, window, next(feed)[0])
+    jax.block_until_ready((state, window))
+    dt = (time.perf_counter() - t0) / steps
+  finally:
+    feed.close()
+    it.close()
   return {"pipeline_step_ms": dt * 1e3, "pipeline_examples_per_s": config.batch_size / dt,
           "pipeline_startup_s": startup_s, "pipeline_warmup_steps": warmup}
 
@@ -235,8 +241,9 @@ def time_variant(config, warmup: int, steps: int, info=None, pipeline_warmup: Op
           state, window = step(state, window, batch)
         jax.block_until_ready((state, window))
       prof = {"profile": profile.profile_steps(run_steps, min(steps, 5), profile_dir)}
-    fed = {} if pipeline_warmup is None else _time_pipeline(step, setup, config, state, window,
-                                                             pipeline_warmup, steps)
+    fed = {} if pipeline_warmup is None else _time_pipeline(
+        step, setup, config, state, window, pipeline_warmup, steps,
+        prefetch=0 if s.sync_each_step else 2)
   n_params = int(parameter_overview.count_parameters(setup.abstract_state["params"]))
   count = flops_lib.train_step(setup.model, setup.info, config.batch_size)
   device_kind = setup.mesh.devices.flat[0].device_kind
