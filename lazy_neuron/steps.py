@@ -253,9 +253,9 @@ class Steps:
   def compile_train_step_ahead(self) -> None:
     """Starts compiling the train step in a background thread, for this setup's state, window and
     batch shapes and shardings; `train_step` then waits for it on its first call and runs the
-    compiled executable. Meanwhile the caller builds its input pipeline and restores or initialises
-    the state, whose own compilation then overlaps the step's (XLA's compiler releases the GIL):
-    the first step comes sooner. A compilation error (out of memory included) is raised by that
+    compiled executable. `train` calls it just before initialising the state, whose own
+    compilation then overlaps the step's (XLA's compiler releases the GIL), and after restoring
+    one: the first step comes sooner. A compilation error (out of memory included) is raised by that
     first call, where a jitted step would raise it.
 
     Not done when `train_step` was replaced after construction (tests wrap it to inject faults):
