@@ -329,3 +329,24 @@ def test_judge_only_judges_copied_runs_without_training(smoke, tmp_path, capsys)
   line = _refuses(["--claims=C1", "--scale=smoke", f"--out={out}", "--judge-only",
                    "--print-commands"], capsys, tmp_path)
   assert "--judge-only" in line and "--print-commands" in line
+
+
+def test_runs_copied_back_without_checkpoints_count_as_finished(smoke, tmp_path, capsys):
+  """Metrics that reach the last step make a run finished even without its checkpoints: rerunning
+  `reproduce` judges it and never trains it again (which would replace its metrics)."""
+  import shutil
+  out = tmp_path / "copied"
+  shutil.copytree(smoke, out, ignore=shutil.ignore_patterns("checkpoints"))
+  metrics = (out / "runs" / "t5" / "metrics.jsonl").read_bytes()
+  assert command.main(["lazy-neuron reproduce", "--claims=C1", "--scale=smoke",
+                       f"--out={out}"]) == 0
+  assert "runs/t5: finished (step 6), skipped" in capsys.readouterr().out
+  assert (out / "runs" / "t5" / "metrics.jsonl").read_bytes() == metrics
+  assert not list(out.glob("runs/*/checkpoints"))
+  # A run whose metrics stop short is not finished: its train command is printed.
+  rows = metrics.decode().strip().splitlines()
+  (out / "runs" / "t5" / "metrics.jsonl").write_text(
+      "\n".join(r for r in rows if json.loads(r)["step"] < 6) + "\n")
+  assert command.main(["lazy-neuron reproduce", "--claims=C1", "--scale=smoke", f"--out={out}",
+                       "--print-commands"]) == 0
+  assert "--workdir=" + str(out / "runs" / "t5") in capsys.readouterr().out

@@ -125,8 +125,23 @@ def check_out(out: str, scale: str, configs: dict) -> None:
 # Runs
 # ================================================================================================
 def finished(workdir: str, config) -> bool:
-  """A run is finished when it checkpointed its last step (what `train` calls "nothing to do")."""
-  return os.path.isdir(os.path.join(workdir, "checkpoints", str(config.total_steps)))
+  """A run is finished when it checkpointed its last step (what `train` calls "nothing to do"), or
+  when its metrics reach the last step: a run copied back without its checkpoints (trained on
+  another machine) is not trained again, which would replace those metrics."""
+  if os.path.isdir(os.path.join(workdir, "checkpoints", str(config.total_steps))):
+    return True
+  return _last_logged_step(workdir) == config.total_steps
+
+
+def _last_logged_step(workdir: str) -> Optional[int]:
+  """The step of metrics.jsonl's last row (None without one)."""
+  from etils import epath
+  path = epath.Path(workdir) / "metrics.jsonl"
+  try:
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return int(json.loads(lines[-1])["step"]) if lines else None
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
 
 
 def train_commands(out: str, experiments: Sequence[Experiment], configs: dict) -> list[str]:
