@@ -230,14 +230,12 @@ def _check_memory(a) -> None:
 
 
 def main(argv=None) -> int:
-  from lazy_neuron import errors
-  from lazy_neuron.errors import UserError
+  from lazy_neuron.bench import run_command
+  return run_command(_parse_flags, _run, argv)
 
-  argv = list(sys.argv if argv is None else argv)
-  try:
-    a = _parse_flags(argv)
-  except UserError as e:
-    return errors.report(e)
+
+def _run(a, argv) -> int:
+  del argv  # the flags are in `a`
   from lazy_neuron import fileio
   from lazy_neuron.kernels import topk as topk_lib
   backend = a.backend  # resolved: the name of the implementation that runs
