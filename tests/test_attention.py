@@ -107,6 +107,47 @@ def test_t5_fused_path_same_loss_and_sparsity(monkeypatch):
     np.testing.assert_allclose(g.pre_sum, w.pre_sum, rtol=RTOL, atol=RTOL * w.tokens)
 
 
+def _vit(attention, monkeypatch, pool, scan, side):
+  monkeypatch.setattr(common, "ATTENTION_IMPLEMENTATIONS", ("auto", "xla", "cudnn", "fused_xla"))
+  info = types.SimpleNamespace(task="classification", image_shape=(side, side, 3), num_classes=5)
+  cfg = ml_collections.ConfigDict(dict(name="vit", variant="tiny", activation="relu",
+                                       activation_threshold=0.0, topk=None, topk_backend="auto",
+                                       dtype="float32", attention=attention, pool=pool,
+                                       scan_layers=scan))
+  return build_model(cfg, info), info
+
+
+@pytest.mark.parametrize("pool,scan,side", [("token", False, 16), ("gap", False, 12),
+                                            ("token", True, 16), ("token", False, 12)])
+def test_vit_fused_path_pads_once_same_logits_and_sparsity(monkeypatch, pool, scan, side):
+  """An odd sequence (16 patches + the class token = 17; 9 patches with gap pooling) gets one
+  padding token for the fused attention: the logits and every layer's sparsity counts are those
+  of the unpadded model (the padding token never reaches the head or the probe). 12 px with a
+  class token: 10 tokens, nothing padded."""
+  plain, info = _vit("xla", monkeypatch, pool, scan, side)
+  fused, _ = _vit("fused_xla", monkeypatch, pool, scan, side)
+  batch = dummy_batch(plain, info, 4)
+  batch["image"] = np.random.default_rng(0).normal(size=batch["image"].shape).astype(np.float32)
+  batch["mask"] = np.array([1, 1, 1, 0], np.int32)  # a padded eval example
+  params = nn.meta.unbox(plain.module.init(jax.random.PRNGKey(0), **plain.inputs(batch))["params"])
+  head = params["head"]["kernel"]  # zero-initialised: give it weights, or the logits say nothing
+  params["head"]["kernel"] = jax.random.normal(jax.random.PRNGKey(1), head.shape, head.dtype)
+
+  def run(model):
+    logits, state = jax.jit(lambda p: model.module.apply(
+        {"params": p}, **model.inputs(batch), mutable=["sparsity"]))(params)
+    return np.asarray(logits), sparsity.flatten_stats(jax.device_get(state["sparsity"]))
+
+  (want, want_stats), (got, got_stats) = run(plain), run(fused)
+  np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL * float(np.abs(want).max()))
+  assert set(got_stats) == set(want_stats) and len(got_stats) == 4
+  for layer, w in want_stats.items():
+    g = got_stats[layer]
+    assert g.tokens == w.tokens == 3 * ((side // 4) ** 2 + (pool == "token")), layer
+    assert np.abs(g.fire - w.fire).sum() <= 1e-3 * w.fire.sum() + 2, layer
+    np.testing.assert_allclose(g.pre_sum, w.pre_sum, rtol=RTOL, atol=RTOL * w.tokens)
+
+
 def test_cudnn_where_it_cannot_run_is_a_one_line_error(monkeypatch):
   if jax.default_backend() == "gpu":
     pytest.skip("this machine can run cuDNN attention")

@@ -165,6 +165,21 @@ def cudnn_attention_applies(dtype, head_dim: int, dropout: bool) -> Optional[str
   return None
 
 
+def fused_attention(implementation: str, dtype, head_dim: int, dropout: bool) -> Optional[str]:
+  """The implementation name for jax.nn.dot_product_attention that `model.attention` resolves to
+  here ("cudnn", or "xla" for the internal "fused_xla" of the tests), or None for our XLA ops."""
+  if implementation == "fused_xla":
+    return "xla"
+  if implementation == "xla":
+    return None
+  why_not = cudnn_attention_applies(dtype, head_dim, dropout)
+  if why_not is None:
+    return "cudnn"
+  if implementation == "cudnn":
+    raise checks.fail("model.attention", "cudnn", f"{why_not}; use auto or xla")
+  return None
+
+
 def attention_lengths(token_mask: jax.Array) -> jax.Array:
   """[B] int32 number of real tokens per row of a [B, L] mask whose padding is at the end (our
   pipelines pad at the end), at least 1: a row with no real token (a padded eval example, its loss
@@ -227,18 +242,8 @@ class MultiHeadAttention(nn.Module):
                       self.param_dtype)
 
   def _fused(self, deterministic: bool) -> Optional[str]:
-    """The implementation name for jax.nn.dot_product_attention, or None for our XLA ops."""
-    if self.implementation == "fused_xla":
-      return "xla"
-    if self.implementation == "xla":
-      return None
-    why_not = cudnn_attention_applies(self.dtype, self.head_dim,
-                                      self.dropout_rate > 0 and not deterministic)
-    if why_not is None:
-      return "cudnn"
-    if self.implementation == "cudnn":
-      raise checks.fail("model.attention", "cudnn", f"{why_not}; use auto or xla")
-    return None
+    return fused_attention(self.implementation, self.dtype, self.head_dim,
+                           self.dropout_rate > 0 and not deterministic)
 
   @nn.compact
   def __call__(self, q_in, kv_in, mask=None, bias=None, deterministic=True, lengths=None,
