@@ -75,6 +75,7 @@ def test_bench_train_runs_the_t5_c4_config_on_synthetic_batches_without_a_tokeni
   assert row["flops_per_step"] == flops.t5(sizes, 256, 8, 16, 8).model
   assert row["tokens_per_s"] == pytest.approx(8 * (16 + 8) / (row["step_ms"] / 1e3))
   assert row["compile_s"] > 0 and row["first_step_s"] >= row["compile_s"]
+  assert row["init_s"] > 0 and row["start_s"] == row["init_s"] + row["first_step_s"]
   assert row["step_bytes_per_device"] > 0 and row["tflops_per_s"] > 0
   assert row["mfu"] is None and "CPU" in row["mfu_peak"]  # no peak for CPUs
   assert "peak_bytes_per_device" in row

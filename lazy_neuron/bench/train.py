@@ -11,8 +11,10 @@ Each variant builds its own jitted step, runs `--warmup` steps, then times `--st
 fixed batch (input pipeline excluded), blocking on the result. Prints a table; writes JSON with the
 hardware, the library versions, the command line and the git commit.
 
-Per variant: step time, throughput, `compile_s` (tracing, lowering and XLA compilation of the train
-step, timed ahead of time with `lower(...).compile()`; `first_step_s` adds the first step's run),
+Per variant: step time, throughput, `init_s` (compiling and running the state's initialisation:
+JAX compiles it as a program of its own), `compile_s` (tracing, lowering and XLA compilation of the
+train step, timed ahead of time with `lower(...).compile()`; `first_step_s` adds the first step's
+run), `start_s` = `init_s` + `first_step_s` (what a run waits for its first step, data aside),
 model FLOPs per step counted from the architecture (`lazy_neuron.flops`: matmuls and attention,
 forward + backward), achieved TFLOP/s per device and MFU against the device's dense bf16 peak
 (`flops.PEAKS`; omitted on CPUs and unknown devices), and memory per device: `peak_bytes_per_device`
@@ -213,10 +215,12 @@ def time_variant(config, warmup: int, steps: int, info=None, pipeline_warmup: Op
       batch[k] = rng.normal(size=v.shape).astype(np.float32)
   batch = steps_lib.to_global(batch, setup.batch_sharding)
   with s.context():
-    state = s.init(jax.random.PRNGKey(0))
+    t_init = time.perf_counter()
+    state = s.init(jax.random.PRNGKey(0))  # compiles the initialisation, then runs it
     window = s.zero_window()
     jax.block_until_ready((state, window))
     t_compile = time.perf_counter()
+    init_s = t_compile - t_init
     # Ahead of time, so that compilation is timed on its own; the compiled step is what runs.
     step = s.train_step.lower(state, window, batch).compile()
     compile_s = time.perf_counter() - t_compile
@@ -255,7 +259,8 @@ def time_variant(config, warmup: int, steps: int, info=None, pipeline_warmup: Op
               "tokens_per_s": config.batch_size * per_example / dt}
   return {"step_ms": dt * 1e3, "steps_per_s": 1.0 / dt,
           "examples_per_s": config.batch_size / dt, **tokens, "batch_size": config.batch_size,
-          "compile_s": compile_s, "first_step_s": first_step_s,
+          "init_s": init_s, "compile_s": compile_s, "first_step_s": first_step_s,
+          "start_s": init_s + first_step_s,
           "params": n_params, "mesh": dict(setup.mesh.shape),
           **count.to_json(),
           "tflops_per_s": tflops, "mfu": mfu, "mfu_peak": peak_note,
@@ -343,12 +348,12 @@ def print_table(rows: list[dict]) -> None:
   print(f"model FLOPs/step {rows[0]['flops_per_step']:.4g} (matmuls, forward + backward, counted "
         f"from the architecture); MFU vs {rows[0]['mfu_peak']}")
   print(f"{'variant':<14} {'step ms':>10} {'examples/s':>11} {'vs first':>9} {'TFLOP/s':>8} "
-        f"{'MFU':>6} {'compile s':>9} {'peak GiB/dev':>12} {'step GiB/dev':>12}")
+        f"{'MFU':>6} {'init s':>6} {'compile s':>9} {'peak GiB/dev':>12} {'step GiB/dev':>12}")
   for r in rows:
     mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
     print(f"{r['variant']:<14} {r['step_ms']:>10.2f} {r['examples_per_s']:>11.1f} "
           f"{r['step_ms'] / base - 1:>+8.1%} {r['tflops_per_s']:>8.1f} {mfu:>6} "
-          f"{r['compile_s']:>9.1f} {_gib(r['peak_bytes_per_device']):>12} "
+          f"{r['init_s']:>6.1f} {r['compile_s']:>9.1f} {_gib(r['peak_bytes_per_device']):>12} "
           f"{_gib(r['step_bytes_per_device']):>12}")
 
 
