@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from lazy_neuron import checks, data, flops, optim, partitioning, sparsity, tasks
 from lazy_neuron.errors import UserError
 from lazy_neuron.models import SPARSITY, Model, build_model, dummy_batch
+from lazy_neuron.models.stacking import init_params
 
 
 class TrainingDivergedError(RuntimeError):
@@ -180,7 +181,8 @@ class Steps:
       return logits, variables.get(SPARSITY, {})
 
     def init(rng):
-      params = nn.meta.unbox(_init_params(model, rng, dummy_batch(model, s.info, 2)))
+      params = init_params(model, {"params": rng, "dropout": rng},
+                           model.inputs(dummy_batch(model, s.info, 2)))
       return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
     def train_step(state, window, batch):

@@ -15,13 +15,18 @@ def test_bench_train_times_the_step_fed_by_the_input_pipeline(tmp_path, capsys):
   out = tmp_path / "bench.json"
   rc = bench_train.main(["lazy-neuron bench train", "--config=configs/vit_digits.py:runlocal",
                          "--variants=dense", "--input=pipeline", "--steps=2", "--warmup=0",
-                         "--pipeline-warmup=1", f"--out={out}"])
+                         "--pipeline-warmup=1", f"--out={out}", f"--profile={tmp_path}/prof"])
   assert rc == 0
   row, = json.loads(out.read_text())["rows"]
   assert row["variant"] == "dense" and row["pipeline_warmup_steps"] == 1
   for key in ("step_ms", "pipeline_step_ms", "pipeline_examples_per_s"):
     assert row[key] > 0, key
-  assert "fed by the input pipeline" in capsys.readouterr().out
+  # --profile traces fixed-batch steps and pipeline-fed steps, each into a directory of its own.
+  for key, where in (("profile", "prof/dense"), ("pipeline_profile", "prof/dense_pipeline")):
+    assert row[key]["steps_traced"] == 2 and row[key]["device_ms_per_step"] > 0, key
+    assert row[key]["trace_dir"].startswith(str(tmp_path / where)), key
+  printed = capsys.readouterr().out
+  assert "fed by the input pipeline" in printed and "dense (fed by the pipeline)" in printed
 
 
 @pytest.mark.parametrize("flags, message", [

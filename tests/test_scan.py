@@ -15,6 +15,7 @@ from lazy_neuron import config_lib, sparsity, steps as steps_lib
 from lazy_neuron.errors import UserError
 from lazy_neuron.models import (LAYERS, build_model, dummy_batch, stack_layers, to_layout,
                                 unstack_layers)
+from lazy_neuron.models.stacking import init_params
 
 INFOS = {"t5": types.SimpleNamespace(task="span_corruption", vocab_size=300, inputs_length=24,
                                      targets_length=8),
@@ -112,6 +113,35 @@ def test_scanned_model_matches_unrolled_with_converted_params(name):
   loss_back, stats_back = _run(plain, to_layout(own, plain), batch)
   np.testing.assert_allclose(loss_back, loss_own, rtol=RTOL)
   _assert_same_stats(stats_own, stats_back)
+
+
+@pytest.mark.parametrize("name", sorted(INFOS))
+def test_unrolled_init_through_the_scanned_stack_draws_the_same_distributions(name):
+  """`init_params` (what the train state's init runs) initialises an unrolled model through its
+  scanned twin: the same tree, shapes and dtypes as the unrolled module's own init, every leaf
+  from the same distribution (mean and standard deviation within sampling error), constant
+  initialisers (zeros, ones) exactly, and each layer its own draw."""
+  plain, _, batch, _ = _pair(name)
+  own = nn.meta.unbox(plain.module.init(jax.random.PRNGKey(0), **plain.inputs(batch))["params"])
+  got = init_params(plain, {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)},
+                    plain.inputs(batch))
+  assert jax.tree.structure(got) == jax.tree.structure(own)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(own)):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape and a.dtype == b.dtype, path
+    if b.std() == 0:  # a constant initialiser
+      np.testing.assert_array_equal(a, b, err_msg=str(path))
+      continue
+    n = b.size
+    # Sampling error of a standard deviation ~ sd / sqrt(2n), of a mean ~ sd / sqrt(n); 6 of each
+    # (a false alarm < 1e-8 per leaf), plus a 10% margin for leaves too small to say much.
+    assert abs(a.std() / b.std() - 1) < 6 / np.sqrt(2 * n) + 0.1 * (n < 400), path
+    assert abs(a.mean() - b.mean()) < 6 * b.std() / np.sqrt(n) + 0.1 * b.std() * (n < 400), path
+  layers = [v for k, v in got[{"t5": "encoder", "vit": "vit", "mixer": "mixer"}[name]].items()
+            if re.fullmatch(r"(layer|channel)_\d\d", k)]
+  assert len(layers) >= 2
+  first, second = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(l)]) for l in layers[:2])
+  assert not np.array_equal(first, second)
 
 
 def test_scanned_parameters_carry_a_leading_layers_axis():

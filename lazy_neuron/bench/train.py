@@ -168,9 +168,11 @@ def load_variant_config(spec: str, overrides: Sequence[str], synthetic: bool):
 
 
 def _time_pipeline(step, setup, config, state, window, warmup: int, steps: int,
-                   prefetch: int = 2) -> dict:
+                   prefetch: int = 2, profile_dir: Optional[str] = None) -> dict:
   """The compiled step fed by the config's input pipeline, as `train` feeds it: through
-  `steps.DevicePrefetch` (`prefetch` batches made and put on the devices by a thread)."""
+  `steps.DevicePrefetch` (`prefetch` batches made and put on the devices by a thread). With
+  `profile_dir`, 5 more pipeline-fed steps are traced there: device time per step against the
+  wall-clock step says whether the device waits for the host."""
   from lazy_neuron import data
   from lazy_neuron.steps import DevicePrefetch
   t_start = time.perf_counter()
@@ -188,11 +190,21 @@ def _time_pipeline(step, setup, config, state, window, warmup: int, steps: int,
       state, window = step(state, window, next(feed)[0])
     jax.block_until_ready((state, window))
     dt = (time.perf_counter() - t0) / steps
+    prof = {}
+    if profile_dir is not None:
+      from lazy_neuron.bench import profile
+
+      def run_steps(n):
+        nonlocal state, window
+        for _ in range(n):
+          state, window = step(state, window, next(feed)[0])
+        jax.block_until_ready((state, window))
+      prof = {"pipeline_profile": profile.profile_steps(run_steps, min(steps, 5), profile_dir)}
   finally:
     feed.close()
     it.close()
   return {"pipeline_step_ms": dt * 1e3, "pipeline_examples_per_s": config.batch_size / dt,
-          "pipeline_startup_s": startup_s, "pipeline_warmup_steps": warmup}
+          "pipeline_startup_s": startup_s, "pipeline_warmup_steps": warmup, **prof}
 
 
 def time_variant(config, warmup: int, steps: int, info=None, pipeline_warmup: Optional[int] = None,
@@ -247,7 +259,8 @@ def time_variant(config, warmup: int, steps: int, info=None, pipeline_warmup: Op
       prof = {"profile": profile.profile_steps(run_steps, min(steps, 5), profile_dir)}
     fed = {} if pipeline_warmup is None else _time_pipeline(
         step, setup, config, state, window, pipeline_warmup, steps,
-        prefetch=0 if s.sync_each_step else 2)
+        prefetch=0 if s.sync_each_step else 2,
+        profile_dir=None if profile_dir is None else profile_dir.rstrip("/") + "_pipeline")
   n_params = int(parameter_overview.count_parameters(setup.abstract_state["params"]))
   count = flops_lib.train_step(setup.model, setup.info, config.batch_size)
   device_kind = setup.mesh.devices.flat[0].device_kind
@@ -330,6 +343,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for r in rows:
       print(f"{r['variant']:<14} {r['pipeline_step_ms']:>10.2f} {r['pipeline_examples_per_s']:>11.1f} "
             f"{r['pipeline_step_ms'] / r['step_ms'] - 1:>+8.1%} {r['pipeline_startup_s']:>10.1f}")
+    for r in rows:
+      if "pipeline_profile" in r:
+        from lazy_neuron.bench import profile
+        profile.print_profile(f"{r['variant']} (fed by the pipeline)", r["pipeline_profile"])
   if args.out:
     write_json(args.out, {"config": args.config, "overrides": overrides,
                           "synthetic": args.synthetic, "steps": args.steps,

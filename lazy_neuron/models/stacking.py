@@ -17,6 +17,7 @@ layer: nothing to scan.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Mapping
 
@@ -103,6 +104,23 @@ def apply_stack(layer_cls: type, cfg: Any, mlp: Any, dtype: Any, length: int, x:
   for i in range(length):
     x, _ = layer_cls(cfg, mlp, dtype, name=f"layer_{i:02d}")(x, *args)
   return x
+
+
+def init_params(model: Any, rngs: Any, inputs: Mapping[str, Any]) -> Any:
+  """The parameters `model.module.init(rngs, **inputs)` would give in `model`'s layout, unboxed.
+
+  An unrolled stack is initialised as the scanned one and unstacked: traced in a jitted function,
+  one layer's initialisers instead of every layer's. On one H200 that cut T5-Base's
+  initialisation from 92 s of XLA compilation to 6 s (every layer's threefry draws, inlined,
+  made a 22-million-character HLO module). Each layer still draws its own values, from the same
+  distributions; they are not the values an unrolled init with the same seed drew before.
+  """
+  module = model.module
+  cfg = getattr(module, "cfg", None)
+  if cfg is None or cfg.scan_layers or not STACKS[model.name][0]:
+    return nn.meta.unbox(module.init(rngs, **inputs)["params"])
+  scanned = module.clone(cfg=dataclasses.replace(cfg, scan_layers=True))
+  return unstack_layers(nn.meta.unbox(scanned.init(rngs, **inputs)["params"]), model)
 
 
 # --------------------------------------------------------------------------- layout conversion
