@@ -165,6 +165,7 @@ def test_bad_model_config_is_a_one_line_error(bad, match):
     (dict(pool="token"), "model.pool='token' is not valid; model.name='t5' takes"),
     (dict(name="vit", pool="max"), "model.pool='max'"),
     (dict(activation_threshold=-1.0), "model.activation_threshold=-1.0"),
+    (dict(one_hot_embedding="yes"), "model.one_hot_embedding='yes'"),
 ])
 def test_bad_model_settings_are_a_one_line_error_at_build_time(bad, match):
   info = INFOS[bad.get("name", "t5")]
@@ -190,6 +191,33 @@ def test_none_means_the_variants_value():
 HAND_POSITIONS = [-200, -128, -127, -64, -20, -9, -8, -1, 0, 1, 7, 8, 9, 20, 64, 127, 128, 200]
 HAND_BIDIRECTIONAL = [15, 15, 15, 14, 10, 8, 8, 1, 0, 17, 23, 24, 24, 26, 30, 31, 31, 31]
 HAND_UNIDIRECTIONAL = [31, 31, 31, 26, 17, 9, 8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+
+
+def test_one_hot_embedding_is_the_gather_exactly_with_its_gradient():
+  """T5's embedding as a one-hot matmul (auto for small vocabularies: a matmul gradient instead
+  of a scatter-add) gives the gather's logits exactly and its gradient to float tolerance (the
+  scatter and the matmul add a token's cotangents in different orders)."""
+  (gather, batch, variables), (one_hot, _, _) = (
+      model_with_batch("t5", one_hot_embedding=v) for v in (False, True))
+  assert model_with_batch("t5")[0].module.cfg.one_hot_embedding is None  # auto: 384 <= 4096
+  params = nn.meta.unbox(variables["params"])
+  rng = np.random.default_rng(1)
+  tokens = rng.integers(2, 20, batch["encoder_input_tokens"].shape)  # many repeated ids
+  batch = dict(batch, encoder_input_tokens=tokens.astype(np.int32))
+
+  def loss(model, p):
+    logits = model.module.apply({"params": p}, **model.inputs(batch), mutable=["sparsity"])[0]
+    return jnp.sum(jnp.sin(logits)), logits
+
+  (_, want), g_want = jax.value_and_grad(lambda p: loss(gather, p), has_aux=True)(params)
+  (_, got), g_got = jax.value_and_grad(lambda p: loss(one_hot, p), has_aux=True)(params)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  emb_want = np.asarray(g_want["shared_embedding"]["embedding"])
+  emb_got = np.asarray(g_got["shared_embedding"]["embedding"])
+  # A row's gradient sums up to 4 * (24 + 8) token cotangents plus the tied output layer's.
+  tol = 8 * float(np.finfo(np.float32).eps) * np.sqrt(4 * 32 + 128) * np.abs(emb_want).max()
+  np.testing.assert_allclose(emb_got, emb_want, atol=tol, rtol=0)
+  assert np.abs(emb_want[2:20]).max() > 0
 
 
 def test_relative_position_buckets_match_a_hand_derived_table():
