@@ -34,8 +34,8 @@ def base_config(*, model: dict, data: ml_collections.ConfigDict, optimizer: dict
   c.model = ml_collections.ConfigDict(dict(
       name="t5", variant="tiny", activation="relu", activation_threshold=0.0,
       topk=_placeholder(int), topk_backend="auto", dtype="float32", dropout_rate=0.0, remat=False,
-      # None = auto: scan every variant but tiny (models/stacking.py). Untyped, so that a bad value
-      # reaches the model's check and its one-line message.
+      # None = unrolled (models/stacking.py). Untyped, so that a bad value reaches the model's
+      # check and its one-line message.
       scan_layers=None,
       attention="auto"))  # auto | xla | cudnn (models/common.py)
   for key, value in model.items():
@@ -62,8 +62,10 @@ def size_overrides(name: str) -> dict:
 
 
 def model(name: str, *, variant: str, topk: int, **keys) -> dict:
-  """The model block of a config: `topk=0` means dense; every size key is settable from the CLI."""
-  return dict(size_overrides(name), name=name, variant=variant, topk=topk or None, **keys)
+  """The model block of a config: `topk=0` means dense; every size key is settable from the CLI
+  (T5 also takes `one_hot_embedding`: None = auto, models/t5.py)."""
+  extra = {"one_hot_embedding": _placeholder(bool)} if name == "t5" else {}
+  return dict(size_overrides(name), **extra, name=name, variant=variant, topk=topk or None, **keys)
 
 
 def vision_optimizer(warmup_steps: int) -> dict:
