@@ -199,7 +199,7 @@ def test_one_hot_embedding_is_the_gather_exactly_with_its_gradient():
   scatter and the matmul add a token's cotangents in different orders)."""
   (gather, batch, variables), (one_hot, _, _) = (
       model_with_batch("t5", one_hot_embedding=v) for v in (False, True))
-  assert model_with_batch("t5")[0].module.cfg.one_hot_embedding is None  # auto: 384 <= 4096
+  assert build_model(model_cfg(name="t5"), INFOS["t5"]).module.cfg.one_hot_embedding is None
   params = nn.meta.unbox(variables["params"])
   rng = np.random.default_rng(1)
   tokens = rng.integers(2, 20, batch["encoder_input_tokens"].shape)  # many repeated ids
