@@ -45,7 +45,7 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -167,6 +167,33 @@ def load_variant_config(spec: str, overrides: Sequence[str], synthetic: bool):
   return config
 
 
+def _run_steps(step, state, window, next_batch: Callable[[], Any], n: int):
+  """n steps on next_batch()'s batches, waited for: (state, window, seconds per step)."""
+  t0 = time.perf_counter()
+  for _ in range(n):
+    state, window = step(state, window, next_batch())
+  jax.block_until_ready((state, window))
+  return state, window, (time.perf_counter() - t0) / max(n, 1)
+
+
+def _time_steps(step, state, window, next_batch: Callable[[], Any], warmup: int, steps: int,
+                trace_dir: Optional[str], key: str):
+  """`warmup` untimed steps, `steps` timed ones, then (with `trace_dir`) min(steps, 5) more traced
+  there: (state, window, seconds per step, {key: the profile's summary (bench/profile.py)} or {}).
+  The step donates its inputs: use the returned state and window."""
+  state, window, _ = _run_steps(step, state, window, next_batch, warmup)
+  state, window, dt = _run_steps(step, state, window, next_batch, steps)
+  if trace_dir is None:
+    return state, window, dt, {}
+  from lazy_neuron.bench import profile
+  carry = [state, window]
+
+  def run(n):
+    carry[0], carry[1], _ = _run_steps(step, carry[0], carry[1], next_batch, n)
+  summary = profile.profile_steps(run, min(steps, 5), trace_dir)
+  return carry[0], carry[1], dt, {key: summary}
+
+
 def _time_pipeline(step, setup, config, state, window, warmup: int, steps: int,
                    prefetch: int = 2, profile_dir: Optional[str] = None) -> dict:
   """The compiled step fed by the config's input pipeline, as `train` feeds it: through
@@ -182,24 +209,8 @@ def _time_pipeline(step, setup, config, state, window, warmup: int, steps: int,
     first, _ = next(feed)
     startup_s = time.perf_counter() - t_start
     state, window = step(state, window, first)
-    for _ in range(warmup):
-      state, window = step(state, window, next(feed)[0])
-    jax.block_until_ready(state)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-      state, window = step(state, window, next(feed)[0])
-    jax.block_until_ready((state, window))
-    dt = (time.perf_counter() - t0) / steps
-    prof = {}
-    if profile_dir is not None:
-      from lazy_neuron.bench import profile
-
-      def run_steps(n):
-        nonlocal state, window
-        for _ in range(n):
-          state, window = step(state, window, next(feed)[0])
-        jax.block_until_ready((state, window))
-      prof = {"pipeline_profile": profile.profile_steps(run_steps, min(steps, 5), profile_dir)}
+    state, window, dt, prof = _time_steps(step, state, window, lambda: next(feed)[0], warmup,
+                                          steps, profile_dir, "pipeline_profile")
   finally:
     feed.close()
     it.close()
@@ -239,24 +250,8 @@ def time_variant(config, warmup: int, steps: int, info=None, pipeline_warmup: Op
     state, window = step(state, window, batch)
     jax.block_until_ready(state)
     first_step_s = time.perf_counter() - t_compile
-    for _ in range(warmup):
-      state, window = step(state, window, batch)
-    jax.block_until_ready(state)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-      state, window = step(state, window, batch)
-    jax.block_until_ready((state, window))
-    dt = (time.perf_counter() - t0) / steps
-    prof = {}
-    if profile_dir is not None:
-      from lazy_neuron.bench import profile
-
-      def run_steps(n):
-        nonlocal state, window
-        for _ in range(n):
-          state, window = step(state, window, batch)
-        jax.block_until_ready((state, window))
-      prof = {"profile": profile.profile_steps(run_steps, min(steps, 5), profile_dir)}
+    state, window, dt, prof = _time_steps(step, state, window, lambda: batch, warmup, steps,
+                                          profile_dir, "profile")
     fed = {} if pipeline_warmup is None else _time_pipeline(
         step, setup, config, state, window, pipeline_warmup, steps,
         prefetch=0 if s.sync_each_step else 2,
