@@ -242,3 +242,53 @@ def test_sharded_inputs_on_fake_devices():
     gf = jax.jit(jax.grad(lambda a: jnp.sum(topk_mask(a, 4, backend=backend))))
     g = jax.block_until_ready(gf(xs))
     assert int((np.asarray(g) != 0).sum()) == 16 * 4
+
+
+# ------------------------------------------------------------------- ReLU + Top-k in one pass
+@pytest.mark.parametrize("backend", ["jnp", "interpret_gpu"] + (["pallas_gpu"] if ON_GPU else []))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_relu_fused_equals_topk_of_relu(backend, dtype):
+  # Adversarial rows (NaN, +-inf, -0.0, all -inf, constant) and rows with fewer than k positive
+  # entries, where top-k of h alone would keep negatives: relu=True must drop them.
+  x = adversarial(12, 300, dtype)
+  few = jnp.where(jax.random.uniform(jax.random.key(5), (4, 300)) < 0.02, 1.0, -1.0)
+  x = jnp.concatenate([x, (few * jnp.abs(x[:4])).astype(dtype)])
+  g = jax.random.normal(jax.random.key(6), x.shape).astype(dtype)
+  for k in (3, 64, 299):
+    fused = lambda a: topk_mask(a, k, backend=backend, relu=True)
+    plain = lambda a: topk_mask_reference(jax.nn.relu(a), k)
+    y, vjp = jax.vjp(jax.jit(fused), x)
+    y_ref, vjp_ref = jax.vjp(plain, x)
+    # Selections of input values, no arithmetic: equal as values (+0.0 == -0.0, NaN == NaN).
+    np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(y_ref, np.float32))
+    np.testing.assert_array_equal(np.asarray(vjp(g)[0], np.float32),
+                                  np.asarray(vjp_ref(g)[0], np.float32))
+  positives = np.nan_to_num(np.asarray(x[12:], np.float32)) > 0
+  assert positives.sum(axis=1).max() < 64  # the few-positive rows have fewer than k = 64
+
+
+def test_mlp_block_uses_relu_topk_with_the_same_output_and_gradient():
+  import flax.linen as nn
+  from lazy_neuron.models.common import MlpSettings
+  from lazy_neuron.models.mlp import MlpBlock
+  d_ff, k = 64, 40  # k above the ~32 positive pre-activations per row at initialisation
+  block = MlpBlock(MlpSettings(topk=k, topk_backend="jnp"), d_ff=d_ff, use_bias=True)
+  x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+  params = nn.meta.unbox(block.init(jax.random.key(1), x)["params"])
+
+  def by_hand(p, x):
+    h = x @ p["wi"]["kernel"] + p["wi"]["bias"]
+    return topk_mask_reference(jax.nn.relu(h), k) @ p["wo"]["kernel"] + p["wo"]["bias"]
+
+  def loss(f, p):
+    return jnp.sum(f(p, x) ** 2)
+
+  apply = lambda p, x: block.apply({"params": p}, x, mutable=["sparsity"])[0]
+  (l1, g1), (l2, g2) = (jax.value_and_grad(functools.partial(loss, f))(params)
+                        for f in (apply, by_hand))
+  # The same float32 ops in the same order, up to the matmuls' summation order: a few eps of
+  # a sum over d_ff = 64 terms.
+  tol = 64 * np.finfo(np.float32).eps
+  np.testing.assert_allclose(l1, l2, rtol=tol)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol * float(jnp.max(jnp.abs(b))))

@@ -5,7 +5,9 @@
     python -m lazy_neuron.bench.topk --D=3072 --k=128 --dtypes=bfloat16
 
 Times are milliseconds per call (median of repeats, each repeat averaging several back-to-back calls,
-after a warm-up). Rows: T tokens of N(0, 1) data (`--data=relu` for post-ReLU rows).
+after a warm-up). Rows: T tokens of N(0, 1) data (`--data=relu` for post-ReLU rows;
+`--data=relu_fused` times `topk_mask(x, k, relu=True)` on the N(0, 1) rows: the MLP block's ReLU +
+Top-k in one pass, checked against the reference on relu(x)).
   copy      read + write of x (jnp negation): the HBM floor
   fwd       topk_mask forward (our kernel for the platform, or --backend)
   bwd       the custom-VJP backward alone: where(mask rebuilt from x, t, cut; g, 0)
@@ -91,14 +93,17 @@ def run_one(t, d, k, dtype, *, backend, baselines, data, torch, check):
   rec = dict(T=t, D=d, k=k, dtype=jnp.dtype(dtype).name, data=data, backend=backend)
   copy = jax.jit(lambda a: -a)
   rec["copy_ms"] = _time_jax(copy, x)
-  fwd = jax.jit(lambda a: topk_lib.topk_mask(a, k, backend=backend))
+  relu = data == "relu_fused"
+  fwd = jax.jit(lambda a: topk_lib.topk_mask(a, k, backend=backend, relu=relu))
   rec["fwd_ms"] = _time_jax(fwd, x)
   thr = jax.jit(lambda a: topk_lib.topk_threshold(a, k, backend=backend))
   tt, cut = thr(x)
-  bwd = jax.jit(lambda a, t_, c_, g_: jnp.where(keys_lib.keep_mask(a, t_, c_), g_, 0).astype(g_.dtype))
+  bwd = jax.jit(lambda a, t_, c_, g_: jnp.where(
+      keys_lib.keep_mask(a, t_, c_) & ((a > 0) if relu else True), g_, 0).astype(g_.dtype))
   rec["bwd_ms"] = _time_jax(bwd, x, tt, cut, g)
   if check:
-    rec["exact"] = _bits_equal(fwd(x), jax.jit(lambda a: topk_lib.topk_mask_reference(a, k))(x))
+    ref = jax.jit(lambda a: topk_lib.topk_mask_reference(jax.nn.relu(a) if relu else a, k))
+    rec["exact"] = _bits_equal(fwd(x), ref(x))
   if "lax" in baselines:
     lax_mask = jax.jit(lambda a: jnp.where(a >= jax.lax.top_k(a, k)[0][..., -1:], a, 0))
     rec["lax_ms"] = _time_jax(lax_mask, x, min_total_s=0.05, repeats=2)
@@ -174,7 +179,7 @@ def _parse_flags(argv):
   p.add_argument("--backend", default="auto")
   p.add_argument("--baselines", default="lax,approx,torch",
                  help="comma list of lax, approx, torch (empty for none)")
-  p.add_argument("--data", default="normal", choices=["normal", "relu"])
+  p.add_argument("--data", default="normal", choices=["normal", "relu", "relu_fused"])
   p.add_argument("--no-check", action="store_true", help="skip the exactness check")
   p.add_argument("--sweep", action="store_true", help="also sweep Triton launch configs")
   p.add_argument("--tune", action="store_true",

@@ -9,6 +9,15 @@ k is checked statically: 1 <= k <= D (k == D returns x). The gradient passes the
 the kept entries only; the backward pass rebuilds the mask from x and 8 bytes a row (threshold key,
 tie cut), never from indices.
 
+    y = topk_mask(h, k, relu=True)
+
+equals `topk_mask(jax.nn.relu(h), k)`, values and gradient, in one pass over the pre-activations
+h: the k largest of relu(h) are the k largest of h wherever a row has k positive entries (the same
+order and the same tie rule), and where it has fewer both keep exactly its positive entries (and
+NaNs, counted largest by both); the rest are 0 either way. The MLP block uses it for ReLU + Top-k:
+the ReLU output is then never written to memory, the backward keeps h alone, and the search runs
+on h's bell-shaped rows, which its normal-model guesses fit better than ReLU's half-zero rows.
+
 Backends: "pallas_gpu" (Pallas Triton), "pallas_tpu" (Pallas Mosaic), "interpret_gpu" /
 "interpret_tpu" (the same kernels in Pallas interpret mode, any platform), "jnp" (the same search in
 plain jnp), "reference" (lax.top_k). "auto" picks pallas_gpu on GPU, pallas_tpu on TPU, jnp on CPU.
@@ -61,7 +70,7 @@ def _check(x, k, backend):
   return k, backend
 
 
-def _forward(x, k, backend):
+def _forward(x, k, backend, relu=False):
   """(y, t, cut) for x[..., D]; t and cut have shape x.shape[:-1]."""
   lead, d = x.shape[:-1], x.shape[-1]
   x2d = x.reshape(-1, d)
@@ -73,48 +82,61 @@ def _forward(x, k, backend):
     y, t, cut = jnp_impl.forward(x2d, k)
   elif backend in ("pallas_gpu", "interpret_gpu"):
     from lazy_neuron.kernels.topk import pallas_gpu
-    y, t, cut = pallas_gpu.forward(x2d, k, interpret=backend == "interpret_gpu")
+    y, t, cut = pallas_gpu.forward(x2d, k, interpret=backend == "interpret_gpu", relu=relu)
+    relu = False  # applied in the kernel's store
   elif backend in ("pallas_tpu", "interpret_tpu"):
     from lazy_neuron.kernels.topk import pallas_tpu
     interpret = pallas_tpu.interpret_params() if backend == "interpret_tpu" else False
     y, t, cut = pallas_tpu.forward(x2d, k, interpret=interpret)
   else:  # pragma: no cover - resolve_backend rejects the rest
     raise AssertionError(backend)
+  if relu:
+    y = jnp.where(relu_drops(y), jnp.zeros((), y.dtype), y)
   return y.reshape(x.shape), t.reshape(lead), cut.reshape(lead)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _topk(x, k, backend):
-  return _forward(x, k, backend)[0]
+def relu_drops(x):
+  """Where ReLU outputs 0: x <= 0 (NaN is not dropped: jax.nn.relu(NaN) is NaN)."""
+  return x <= jnp.zeros((), x.dtype)
 
 
-def _topk_fwd(x, k, backend):
-  y, t, cut = _forward(x, k, backend)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _topk(x, k, backend, relu):
+  return _forward(x, k, backend, relu)[0]
+
+
+def _topk_fwd(x, k, backend, relu):
+  y, t, cut = _forward(x, k, backend, relu)
   return y, (x, t, cut)
 
 
-def _topk_bwd(k, backend, res, g):
+def _topk_bwd(k, backend, relu, res, g):
   x, t, cut = res
-  return (jnp.where(keys_lib.keep_mask(x, t, cut), g, jnp.zeros((), g.dtype)),)
+  keep = keys_lib.keep_mask(x, t, cut)
+  if relu:  # jax.nn.relu's gradient: g where x > 0 (0 at x == 0 and at NaN)
+    keep = keep & (x > jnp.zeros((), x.dtype))
+  return (jnp.where(keep, g, jnp.zeros((), g.dtype)),)
 
 
 _topk.defvjp(_topk_fwd, _topk_bwd)
 
 
-def topk_mask(x, k: int, *, backend: str = "auto"):
+def topk_mask(x, k: int, *, backend: str = "auto", relu: bool = False):
   """Keeps the k largest entries of each row of x[..., D] (ties: lowest index), zeroes the rest.
 
   Args:
     x: bfloat16, float16 or float32 array, any leading shape.
-    k: static int, 1 <= k <= D. k == D returns x unchanged.
+    k: static int, 1 <= k <= D. k == D returns x unchanged (relu(x) with relu=True).
     backend: one of BACKENDS ("auto" picks by `jax.default_backend()`).
+    relu: return topk_mask(jax.nn.relu(x), k), values and gradient, without materialising
+      relu(x) (see the module docstring).
   Raises:
     UserError: bad k, backend or dtype (one line naming the value and what is valid).
   """
   k, backend = _check(x, k, backend)
   if k == x.shape[-1] or x.size == 0:
-    return x
-  return _topk(x, k, backend)
+    return jax.nn.relu(x) if relu else x
+  return _topk(x, k, backend, bool(relu))
 
 
 def topk_threshold(x, k: int, *, backend: str = "auto"):

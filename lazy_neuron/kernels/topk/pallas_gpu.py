@@ -31,7 +31,7 @@ def _chunks(d: int, chunk: int):
 
 
 def _kernel(x_ref, y_ref, t_ref, cut_ref, *, k, t_rows, d, rows, chunk, n_interp, reload_x,
-            bracket, tie):
+            bracket, tie, relu):
   i = pl.program_id(0)
   row = i * rows + jnp.arange(rows, dtype=jnp.int32)
   row_ok = row < t_rows
@@ -57,6 +57,8 @@ def _kernel(x_ref, y_ref, t_ref, cut_ref, *, k, t_rows, d, rows, chunk, n_interp
     keep = search.keep_chunk(kc, t, cut, c0)
     if reload_x:
       x = plgpu.load(x_ref.at[row[:, None], col[None, :]], mask=m, other=0)
+    if relu:  # topk_mask(relu(x)) == relu(topk_mask(x)): drop x <= 0 (NaN stays, as in relu)
+      keep = keep & jnp.logical_not(x <= jnp.zeros((), dtype))
     y = jnp.where(keep, x, jnp.zeros((), dtype))
     plgpu.store(y_ref.at[row[:, None], col[None, :]], y, mask=m)
   plgpu.store(t_ref.at[row], t[:, 0], mask=row_ok)
@@ -96,12 +98,13 @@ def default_config(d: int, dtype) -> dict:
 
 
 @functools.partial(jax.jit, static_argnames=("k", "interpret", "rows", "chunk", "num_warps",
-                                              "n_interp", "reload_x", "bracket", "tie"))
+                                              "n_interp", "reload_x", "bracket", "tie",
+                                              "relu"))
 def forward(x2d, k: int, *, interpret: bool = False, rows: int | None = None,
             chunk: int | None = None, num_warps: int | None = None,
             n_interp: int | None = None, reload_x: bool | None = None,
-            bracket: str | None = None, tie: str | None = None):
-  """x2d [T, D] -> (y [T, D], t [T] int32, cut [T] int32)."""
+            bracket: str | None = None, tie: str | None = None, relu: bool = False):
+  """x2d [T, D] -> (y [T, D], t [T] int32, cut [T] int32); relu=True: y = relu(top-k of x)."""
   t_rows, d = x2d.shape
   cfg = default_config(d, x2d.dtype)
   rows = cfg["rows"] if rows is None else rows
@@ -112,7 +115,8 @@ def forward(x2d, k: int, *, interpret: bool = False, rows: int | None = None,
   n_interp = cfg["n_interp"] if n_interp is None else n_interp
   tie = cfg["tie"] if tie is None else tie
   kernel = functools.partial(_kernel, k=k, t_rows=t_rows, d=d, rows=rows, chunk=chunk,
-                             n_interp=n_interp, reload_x=reload_x, bracket=bracket, tie=tie)
+                             n_interp=n_interp, reload_x=reload_x, bracket=bracket, tie=tie,
+                             relu=relu)
   out_shape = (jax.ShapeDtypeStruct((t_rows, d), x2d.dtype),
                jax.ShapeDtypeStruct((t_rows,), jnp.int32),
                jax.ShapeDtypeStruct((t_rows,), jnp.int32))
