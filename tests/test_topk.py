@@ -284,7 +284,7 @@ def test_mlp_block_uses_relu_topk_with_the_same_output_and_gradient():
     return jnp.sum(f(p, x) ** 2)
 
   apply = lambda p, x: block.apply({"params": p}, x, mutable=["sparsity"])[0]
-  (l1, g1), (l2, g2) = (jax.value_and_grad(functools.partial(loss, f))(params)
+  (l1, g1), (l2, g2) = (jax.jit(jax.value_and_grad(functools.partial(loss, f)))(params)
                         for f in (apply, by_hand))
   # The same float32 ops in the same order, up to the matmuls' summation order: a few eps of
   # a sum over d_ff = 64 terms.

@@ -15,8 +15,8 @@ equals `topk_mask(jax.nn.relu(h), k)`, values and gradient, in one pass over the
 h: the k largest of relu(h) are the k largest of h wherever a row has k positive entries (the same
 order and the same tie rule), and where it has fewer both keep exactly its positive entries (and
 NaNs, counted largest by both); the rest are 0 either way. The MLP block uses it for ReLU + Top-k:
-the ReLU output is then never written to memory, the backward keeps h alone, and the search runs
-on h's bell-shaped rows, which its normal-model guesses fit better than ReLU's half-zero rows.
+the ReLU output is then never written to memory, and the backward pass needs only the output y
+(its mask is y > 0), which the next layer keeps anyway for its own gradient.
 
 Backends: "pallas_gpu" (Pallas Triton), "pallas_tpu" (Pallas Mosaic), "interpret_gpu" /
 "interpret_tpu" (the same kernels in Pallas interpret mode, any platform), "jnp" (the same search in
@@ -107,14 +107,21 @@ def _topk(x, k, backend, relu):
 
 def _topk_fwd(x, k, backend, relu):
   y, t, cut = _forward(x, k, backend, relu)
+  if relu:
+    # The gradient passes where the entry is kept and x > 0 (jax.nn.relu's: 0 at x == 0 and at
+    # NaN), which is exactly where y > 0. So y alone is the residual: the next layer keeps it
+    # anyway for its own gradient, x need not be kept, and no key is recomputed.
+    return y, (y,)
   return y, (x, t, cut)
 
 
 def _topk_bwd(k, backend, relu, res, g):
-  x, t, cut = res
-  keep = keys_lib.keep_mask(x, t, cut)
-  if relu:  # jax.nn.relu's gradient: g where x > 0 (0 at x == 0 and at NaN)
-    keep = keep & (x > jnp.zeros((), x.dtype))
+  if relu:
+    (y,) = res
+    keep = y > jnp.zeros((), y.dtype)
+  else:
+    x, t, cut = res
+    keep = keys_lib.keep_mask(x, t, cut)
   return (jnp.where(keep, g, jnp.zeros((), g.dtype)),)
 
 
