@@ -265,12 +265,6 @@ def test_relu_fused_equals_topk_of_relu(backend, dtype):
                                   np.asarray(vjp_ref(g)[0], np.float32))
   positives = np.nan_to_num(np.asarray(x[12:], np.float32)) > 0
   assert positives.sum(axis=1).max() < 64  # the few-positive rows have fewer than k = 64
-  if jnp.dtype(dtype) == jnp.bfloat16:  # the probe's nonzero pattern, derived from x, t and cut
-    for k, thr in ((64, 0.0), (64, 0.5), (299, 0.0)):
-      y, nz = jax.jit(functools.partial(topk_lib.relu_topk_mask_and_nonzero, k=k, threshold=thr,
-                                        backend=backend))(x)
-      np.testing.assert_array_equal(np.asarray(nz), np.abs(np.asarray(y, np.float32)) >
-                                    np.float32(jnp.asarray(thr, dtype)))
 
 
 def test_mlp_block_uses_relu_topk_with_the_same_output_and_gradient():
@@ -282,20 +276,14 @@ def test_mlp_block_uses_relu_topk_with_the_same_output_and_gradient():
   x = jax.random.normal(jax.random.key(0), (2, 5, 16))
   params = nn.meta.unbox(block.init(jax.random.key(1), x)["params"])
 
-  def by_hand_a(p, x):
-    return topk_mask_reference(jax.nn.relu(x @ p["wi"]["kernel"] + p["wi"]["bias"]), k)
-
   def by_hand(p, x):
-    return by_hand_a(p, x) @ p["wo"]["kernel"] + p["wo"]["bias"]
+    h = x @ p["wi"]["kernel"] + p["wi"]["bias"]
+    return topk_mask_reference(jax.nn.relu(h), k) @ p["wo"]["kernel"] + p["wo"]["bias"]
 
   def loss(f, p):
     return jnp.sum(f(p, x) ** 2)
 
   apply = lambda p, x: block.apply({"params": p}, x, mutable=["sparsity"])[0]
-  # The probe's per-neuron counts (derived from h and the row thresholds) equal the nonzero
-  # entries of the activation computed by hand.
-  fire = block.apply({"params": params}, x, mutable=["sparsity"])[1]["sparsity"]["fire"]
-  np.testing.assert_array_equal(np.asarray(fire), np.sum(by_hand_a(params, x) != 0, axis=(0, 1)))
   (l1, g1), (l2, g2) = (jax.jit(jax.value_and_grad(functools.partial(loss, f)))(params)
                         for f in (apply, by_hand))
   # The same float32 ops in the same order, up to the matmuls' summation order: a few eps of

@@ -49,14 +49,12 @@ def _sum_reduce(a, b):
 
 
 def sow_activation_stats(module: nn.Module, a: jax.Array, token_mask: Optional[jax.Array],
-                         threshold: float, nonzero: Optional[jax.Array] = None) -> None:
+                         threshold: float) -> None:
   """Sows reduced statistics of the activation map `a[..., d_ff]` into the sparsity collection.
 
   token_mask broadcasts against a.shape[:-1]; 1 marks a real token, 0 padding (never counted).
-  `nonzero`: is_nonzero(a, threshold) where the caller has it computed another way (ReLU + Top-k
-  derives it from the pre-activations, see MlpBlock).
   """
-  nz = is_nonzero(a, threshold) if nonzero is None else nonzero
+  nz = is_nonzero(a, threshold)
   lead = a.shape[:-1]
   if token_mask is None:
     mask = jnp.ones(lead, jnp.int32)
@@ -163,13 +161,11 @@ class MlpBlock(nn.Module):
     h = wi(x)
     if s.measure:
       sow_preactivation_stats(self, h, token_mask)
-    nonzero = None
     if s.topk is not None and s.activation == "relu" and not self.gated:
       # ReLU + Top-k in one kernel pass over h: topk_mask(relu(h)) exactly (values and gradient),
-      # without writing relu(h) to memory; the probe's nonzero pattern comes from h and the
-      # kernel's row thresholds, in the pass over h that the pre-activation sums already make.
-      from lazy_neuron.kernels.topk import relu_topk_mask_and_nonzero  # deferred: optional
-      a, nonzero = relu_topk_mask_and_nonzero(h, int(s.topk), s.threshold, backend=s.topk_backend)
+      # without writing relu(h) to memory or keeping it for the backward pass.
+      from lazy_neuron.kernels.topk import topk_mask  # deferred: kernels are optional at import
+      a = topk_mask(h, int(s.topk), backend=s.topk_backend, relu=True)
     else:
       a = get_activation(s.activation)(h)
       if self.gated:
@@ -180,7 +176,7 @@ class MlpBlock(nn.Module):
     if len(self.hidden_axes) == a.ndim:
       a = nn.with_logical_constraint(a, self.hidden_axes)
     if s.measure:
-      sow_activation_stats(self, a, token_mask, s.threshold, nonzero)
+      sow_activation_stats(self, a, token_mask, s.threshold)
       if s.magnitude_thresholds:
         sow_magnitude_counts(self, a, token_mask, s.magnitude_thresholds)
     a = nn.Dropout(self.dropout_rate, broadcast_dims=self.dropout_broadcast_dims)(

@@ -29,7 +29,6 @@ import operator
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from lazy_neuron.errors import UserError
 from lazy_neuron.kernels.topk import keys as keys_lib
@@ -103,8 +102,7 @@ def relu_drops(x):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _topk(x, k, backend, relu):
-  """(y, t, cut); only y has a gradient."""
-  return _forward(x, k, backend, relu)
+  return _forward(x, k, backend, relu)[0]
 
 
 def _topk_fwd(x, k, backend, relu):
@@ -113,12 +111,11 @@ def _topk_fwd(x, k, backend, relu):
     # The gradient passes where the entry is kept and x > 0 (jax.nn.relu's: 0 at x == 0 and at
     # NaN), which is exactly where y > 0. So y alone is the residual: the next layer keeps it
     # anyway for its own gradient, x need not be kept, and no key is recomputed.
-    return (y, t, cut), (y,)
-  return (y, t, cut), (x, t, cut)
+    return y, (y,)
+  return y, (x, t, cut)
 
 
-def _topk_bwd(k, backend, relu, res, cotangents):
-  g = cotangents[0]  # (t, cut) are integers: no gradient flows through them
+def _topk_bwd(k, backend, relu, res, g):
   if relu:
     (y,) = res
     keep = y > jnp.zeros((), y.dtype)
@@ -146,27 +143,7 @@ def topk_mask(x, k: int, *, backend: str = "auto", relu: bool = False):
   k, backend = _check(x, k, backend)
   if k == x.shape[-1] or x.size == 0:
     return jax.nn.relu(x) if relu else x
-  return _topk(x, k, backend, bool(relu))[0]
-
-
-def relu_topk_mask_and_nonzero(h, k: int, threshold: float = 0.0, *, backend: str = "auto"):
-  """(y, nonzero) with y = topk_mask(h, k, relu=True) and nonzero = |y| > threshold (threshold
-  >= 0), the latter computed from h and the kernel's per-row (t, cut) rather than from y.
-
-  Why: the sparsity probe counts nonzero entries per neuron. From y that is one more pass over a
-  [tokens, d_ff] tensor; from h it joins the pass that already reads h for the pre-activation
-  statistics (XLA fuses reductions that read the same input), so the probe costs Top-k no extra
-  read. Equal to `jnp.abs(y) > threshold` everywhere: y is h where kept and h > 0, else 0.
-  """
-  if threshold < 0:
-    raise UserError(f"threshold={threshold!r} is not valid; use a threshold >= 0")
-  k, backend = _check(h, k, backend)
-  if k == h.shape[-1] or h.size == 0:
-    y = jax.nn.relu(h)
-    return y, jnp.abs(y) > jnp.asarray(threshold, y.dtype)
-  y, t, cut = _topk(h, k, backend, True)
-  keep = keys_lib.keep_mask(h, lax.stop_gradient(t), lax.stop_gradient(cut))
-  return y, keep & (h > jnp.asarray(threshold, h.dtype))
+  return _topk(x, k, backend, bool(relu))
 
 
 def topk_threshold(x, k: int, *, backend: str = "auto"):
@@ -176,5 +153,4 @@ def topk_threshold(x, k: int, *, backend: str = "auto"):
   return t, cut
 
 
-__all__ = ["BACKENDS", "relu_topk_mask_and_nonzero", "resolve_backend", "topk_mask",
-           "topk_mask_reference", "topk_threshold"]
+__all__ = ["BACKENDS", "resolve_backend", "topk_mask", "topk_mask_reference", "topk_threshold"]
