@@ -75,7 +75,9 @@ def _kernel(x_ref, y_ref, t_ref, cut_ref, *, k, t_rows, d, rows, chunk, n_interp
 TUNED: dict = {
     (1024, "bfloat16"): dict(num_warps=1, chunk=1024, tie="cumsum"),
     (1024, "float32"): dict(num_warps=1, chunk=1024, tie="cumsum"),
-    (3072, "bfloat16"): dict(num_warps=2, chunk=1024),
+    # 4 warps since the chunks are combined before each row reduction (search.py): 0.449 vs
+    # 0.492 ms at 2 warps (T = 50688, ViT-B/16's rows; docs/bench/topk_vit_rows_relu_fused_combined.json)
+    (3072, "bfloat16"): dict(num_warps=4, chunk=1024),
     (3072, "float32"): dict(num_warps=1, chunk=1024),
     (4096, "bfloat16"): dict(num_warps=4, chunk=2048),  # 0.714 vs 0.782 ms at 2 warps (v2 sweep)
     (4096, "float32"): dict(num_warps=2, chunk=2048),
