@@ -39,7 +39,9 @@ def test_without_torch_it_says_so_in_one_line_before_running_anything(model, lib
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--model=resnet"], "argument --model: invalid choice: 'resnet'"),
+    (["--model=resnet"], "--model='resnet' is not valid; give vit_b16, t5_base, a comma-separated"),
+    (["--model=vit_b16,resnet", "--peer=none"], "--model='vit_b16,resnet' is not valid"),
+    (["--model=all", "--peer=none", "--config.model.pool=gap"], "uses a class token"),
     (["--model=vit_b16", "--peer=none", "--steps=0"], "--steps=0 is not valid"),
     (["--model=vit_b16", "--peer=none", "--batch-size=0"], "--batch-size=0 is not valid"),
     (["--model=vit_b16", "--peer=jax"], "argument --peer: invalid choice: 'jax'"),
@@ -51,6 +53,36 @@ def test_without_torch_it_says_so_in_one_line_before_running_anything(model, lib
 def test_bad_input_is_one_line_before_running_anything(flags, message, capsys, monkeypatch):
   monkeypatch.setattr(peers, "_run", _no_run)
   assert message in hostile.refuses(peers.main, [PROG, *flags], capsys)
+
+
+def test_all_models_run_one_after_the_other_each_to_its_own_json(tmp_path, capsys, monkeypatch):
+  hw = {"device_kind": "NVIDIA H200", "num_devices": 1}
+  calls = []
+
+  def fake_side(what, out_json, cmd):
+    calls.append(cmd)
+    if "our side" in what:
+      return {"hardware": hw, "git": None, "rows": [
+          {"variant": "dense", "step_ms": 50.0, "examples_per_s": 160.0, "tokens_per_s": 3840.0,
+           "first_step_s": 3.0, "compile_s": 2.0, "peak_bytes_per_device": 2**30}]}
+    return {"hardware": hw, "step_ms": 100.0, "examples_per_s": 80.0, "tokens_per_s": 1920.0,
+            "first_step_s": 9.0, "peak_bytes_per_device": 2**30}
+
+  monkeypatch.setattr(peers, "missing_packages", lambda pkgs: [])
+  monkeypatch.setattr(peers, "_run_side", fake_side)
+  rc = peers.main([PROG, "--model=all", "--size=tiny", f"--out={tmp_path}/p.json",
+                   f"--profile={tmp_path}/prof"])
+  assert rc == 0
+  for model in ("vit_b16", "t5_base"):
+    result = json.loads((tmp_path / f"p_{model}.json").read_text())
+    assert result["model"] == model and result["comparison"][0]["speedup"] == 2.0
+  assert not (tmp_path / "p.json").exists()
+  ours_cmds = [c for c in calls if "bench" in c]
+  assert [c for c in ours_cmds[0] if c.startswith("--profile=")] == [
+      f"--profile={tmp_path}/prof/vit_b16"]
+  assert any("t5_c4.py" in c for c in ours_cmds[1])
+  assert "summary (lazy_neuron dense vs its peer): vit_b16 2.00x, t5_base 2.00x" in (
+      capsys.readouterr().out)
 
 
 def test_an_unwritable_out_is_refused_before_running_anything(tmp_path, capsys, monkeypatch):

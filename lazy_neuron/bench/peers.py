@@ -3,6 +3,8 @@
   lazy-neuron bench peers --model=vit_b16 --out=peers_vit_b16.json   # vs timm vit_base_patch16_224
   lazy-neuron bench peers --model=t5_base --out=peers_t5_base.json   # vs transformers T5 (v1.0)
   lazy-neuron bench peers --model=vit_b16 --peer=none                # lazy_neuron only
+  lazy-neuron bench peers --model=all --out=peers.json   # both, one after the other:
+                                                         # peers_vit_b16.json, peers_t5_base.json
 
 Both sides train the same architecture at the same batch and sequence lengths on random data of
 fixed shapes (input pipeline excluded), bf16 compute with float32 parameters, AdamW (lr 1e-4,
@@ -22,6 +24,11 @@ input and target position), model FLOPs per step (the same count for both, from 
 also compiles and runs the parameter initialisation, which torch does eagerly before its clock
 starts) and peak memory per device, and the speed-up of ours = peer step time / our step time. The JSON holds
 both sides' full results with hardware and versions, and the command and git commit.
+
+`--model` takes one name, a comma-separated list or `all`; with several, each model's JSON goes to
+the `--out` path with `_<model>` before its extension, each model's traces to `--profile`/<model>,
+and a summary of the speed-ups ends the output. Every model's input is checked before anything
+runs.
 
 torch and timm / transformers are optional: without them the command says so before running
 anything (`--peer=none` times our side only). `--size=tiny` runs small models of the same shapes on
@@ -166,10 +173,119 @@ def print_table(title: str, rows: list[dict], flops: int, tokens: bool, hardware
   print("speed-up = peer step time / our step time (> 1: lazy_neuron is faster)")
 
 
+def parse_models(value: str) -> list[str]:
+  """--model: one name, a comma-separated list or `all` -> the names, in order, without repeats."""
+  names = list(MODELS) if value.strip() == "all" else [
+      m.strip() for m in value.split(",") if m.strip()]
+  bad = [m for m in names if m not in MODELS]
+  if bad or not names:
+    raise checks.fail("--model", value, f"give {', '.join(MODELS)}, a comma-separated list of "
+                      "them, or all")
+  return list(dict.fromkeys(names))
+
+
+def out_path(out: Optional[str], model: str, several: bool) -> Optional[str]:
+  """The JSON path of one model: --out itself, or with `_<model>` before its extension."""
+  if out is None or not several:
+    return out
+  stem, ext = os.path.splitext(out)
+  return f"{stem}_{model}{ext or '.json'}"
+
+
+@dataclasses.dataclass
+class _Plan:
+  """One model's comparison, checked and counted before anything runs."""
+  name: str
+  spec: Peer
+  config: str
+  synthetic: str
+  batch: int
+  overrides: list
+  variants: list
+  count: object
+  sizes: list
+  tokens: bool
+  out: Optional[str]
+  profile: Optional[str]
+
+
+def _plan(args, overrides, name: str, several: bool) -> _Plan:
+  from lazy_neuron.bench import train as bench_train
+  spec = MODELS[name]
+  if args.peer == "torch":
+    missing = missing_packages(("torch", spec.library))
+    if missing:
+      raise UserError(f"bench peers --model={name} needs torch and {spec.library} (pip "
+                      f"install torch {spec.library}): {', '.join(missing)} not installed; "
+                      "--peer=none times lazy_neuron only")
+  out = out_path(args.out, name, several)
+  bench_train.check_out("--out", out)
+  config, synthetic, batch = ((spec.config, spec.synthetic, spec.batch_size)
+                              if args.size == "full" else spec.tiny)
+  batch = args.batch_size or batch
+  path, _, config_args = config.partition(":")
+  config = os.path.join(REPO, path) + (":" + config_args if config_args else "")
+  ours_overrides = [*RECIPE, f"config.batch_size={batch}", f"config.eval_batch_size={batch}",
+                    *overrides]
+  names = [v.strip() for v in args.variants.split(",") if v.strip()]
+  if not names:
+    raise checks.fail("--variants", args.variants, "give dense, probe_off or topk=K")
+  # Validate every variant's config and count FLOPs here, before either side runs.
+  info = bench_train.synthetic_info(synthetic)
+  configs = [bench_train.load_variant_config(config, ours_overrides +
+                                             bench_train.variant_overrides(n), True)
+             for n in names]
+  from lazy_neuron import flops as flops_lib
+  from lazy_neuron.models import build_model
+  model = build_model(configs[0].model, info, measure=False)
+  profile = (os.path.join(args.profile, name) if args.profile and several else args.profile)
+  return _Plan(name, spec, config, synthetic, batch, ours_overrides, names,
+               flops_lib.train_step(model, info, batch), peer_sizes(name, model, info),
+               model.task == "seq2seq", out, profile)
+
+
+def _execute(args, plan: _Plan, argv: Sequence[str]) -> Optional[list]:
+  """Runs both sides of one plan; the comparison rows, or None when a side failed."""
+  from lazy_neuron.bench import train as bench_train
+  py = sys.executable
+  with tempfile.TemporaryDirectory(prefix="lazy_neuron_peers_") as tmp:
+    ours_json, peer_json = os.path.join(tmp, "ours.json"), os.path.join(tmp, "peer.json")
+    ours = _run_side("our side (bench train)", ours_json, [
+        py, "-m", "lazy_neuron.cli", "bench", "train", f"--config={plan.config}",
+        f"--synthetic={plan.synthetic}", f"--variants={','.join(plan.variants)}",
+        f"--steps={args.steps}", f"--warmup={args.warmup}", f"--out={ours_json}",
+        *([f"--profile={plan.profile}"] if plan.profile else []),
+        *[f"--{o}" for o in plan.overrides]])
+    if ours is None:
+      return None
+    peer = None
+    if args.peer == "torch":
+      peer = _run_side("the PyTorch peer", peer_json, [
+          py, "-m", "lazy_neuron.bench.torch_peer", f"--model={plan.spec.torch_model}",
+          f"--batch-size={plan.batch}", f"--steps={args.steps}", f"--warmup={args.warmup}",
+          f"--device={args.peer_device}", f"--compile={args.peer_compile}", f"--out={peer_json}",
+          *plan.sizes])
+      if peer is None:
+        return None
+  rows = compare(ours, peer, plan.count.model, plan.tokens)
+  title = (f"{plan.spec.title}, batch {plan.batch}" if args.size == "full" else
+           f"{plan.name} --size=tiny (synthetic {plan.synthetic}), batch {plan.batch}")
+  print_table(title, rows, plan.count.model, plan.tokens, ours["hardware"])
+  if plan.out:
+    bench_train.write_json(plan.out, {
+        "model": plan.name, "title": title, "peer_name": plan.spec.peer_name,
+        "command": shlex.join(["lazy-neuron", "bench", "peers", *argv[1:]]),
+        "git": ours.get("git"), "flops": plan.count.to_json(), "throughput_unit":
+        "tokens/s (batch x (inputs + targets))" if plan.tokens else "images/s",
+        "comparison": rows, "ours": ours, "peer": peer})
+  return rows
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv if argv is None else argv)
   parser = flags.parser(argv[0], __doc__.splitlines()[0])
-  parser.add_argument("--model", required=True, choices=tuple(MODELS))
+  parser.add_argument("--model", required=True,
+                      help=f"{', '.join(MODELS)}, a comma-separated list of them, or all")
   parser.add_argument("--batch-size", "--batch_size", type=int, default=None,
                       help="global batch (default: 256 for vit_b16, 128 for t5_base)")
   parser.add_argument("--steps", type=int, default=20)
@@ -180,79 +296,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="tiny: small models of the same shapes (CPU tests)")
   parser.add_argument("--peer-device", "--peer_device", default="cuda", choices=("cuda", "cpu"))
   parser.add_argument("--peer-compile", "--peer_compile", default="true", choices=("true", "false"))
-  parser.add_argument("--out", default=None)
+  parser.add_argument("--out", default=None,
+                      help="JSON path (several models: _<model> goes before the extension)")
   parser.add_argument("--profile", default=None, metavar="DIR",
                       help="our side: trace 5 steps per variant into DIR (bench train --profile)")
   parser.epilog = "--config.KEY=VALUE overrides a key of our config (after the peer recipe's)."
   try:
     args, overrides = flags.parse(parser, argv[1:], config_overrides=True)
-    from lazy_neuron.bench import train as bench_train
-    spec = MODELS[args.model]
-    if args.peer == "torch":
-      missing = missing_packages(("torch", spec.library))
-      if missing:
-        raise UserError(f"bench peers --model={args.model} needs torch and {spec.library} (pip "
-                        f"install torch {spec.library}): {', '.join(missing)} not installed; "
-                        "--peer=none times lazy_neuron only")
+    models = parse_models(args.model)
     checks.integer("--steps", args.steps, min=1)
     checks.integer("--warmup", args.warmup, min=0)
     checks.integer("--batch-size", args.batch_size, min=1, none_ok=True)
-    bench_train.check_out("--out", args.out)
-    config, synthetic, batch = ((spec.config, spec.synthetic, spec.batch_size)
-                                if args.size == "full" else spec.tiny)
-    batch = args.batch_size or batch
-    path, _, config_args = config.partition(":")
-    config = os.path.join(REPO, path) + (":" + config_args if config_args else "")
-    ours_overrides = [*RECIPE, f"config.batch_size={batch}", f"config.eval_batch_size={batch}",
-                      *overrides]
-    names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if not names:
-      raise checks.fail("--variants", args.variants, "give dense, probe_off or topk=K")
-    # Validate every variant's config and count FLOPs here, before either side runs.
-    info = bench_train.synthetic_info(synthetic)
-    configs = [bench_train.load_variant_config(config, ours_overrides +
-                                               bench_train.variant_overrides(n), True)
-               for n in names]
-    from lazy_neuron import flops as flops_lib
-    from lazy_neuron.models import build_model
-    model = build_model(configs[0].model, info, measure=False)
-    count = flops_lib.train_step(model, info, batch)
-    sizes = peer_sizes(args.model, model, info)
+    plans = [_plan(args, overrides, m, len(models) > 1) for m in models]
   except UserError as e:
     return errors.report(e)
 
-  tokens = model.task == "seq2seq"
-  py = sys.executable
-  with tempfile.TemporaryDirectory(prefix="lazy_neuron_peers_") as tmp:
-    ours_json, peer_json = os.path.join(tmp, "ours.json"), os.path.join(tmp, "peer.json")
-    ours = _run_side("our side (bench train)", ours_json, [
-        py, "-m", "lazy_neuron.cli", "bench", "train", f"--config={config}",
-        f"--synthetic={synthetic}", f"--variants={','.join(names)}", f"--steps={args.steps}",
-        f"--warmup={args.warmup}", f"--out={ours_json}",
-        *([f"--profile={args.profile}"] if args.profile else []),
-        *[f"--{o}" for o in ours_overrides]])
-    if ours is None:
+  summary = []
+  for plan in plans:
+    rows = _execute(args, plan, argv)
+    if rows is None:
       return 1
-    peer = None
-    if args.peer == "torch":
-      peer = _run_side("the PyTorch peer", peer_json, [
-          py, "-m", "lazy_neuron.bench.torch_peer", f"--model={spec.torch_model}",
-          f"--batch-size={batch}", f"--steps={args.steps}", f"--warmup={args.warmup}",
-          f"--device={args.peer_device}", f"--compile={args.peer_compile}", f"--out={peer_json}",
-          *sizes])
-      if peer is None:
-        return 1
-  rows = compare(ours, peer, count.model, tokens)
-  title = (f"{spec.title}, batch {batch}" if args.size == "full" else
-           f"{args.model} --size=tiny (synthetic {synthetic}), batch {batch}")
-  print_table(title, rows, count.model, tokens, ours["hardware"])
-  if args.out:
-    bench_train.write_json(args.out, {
-        "model": args.model, "title": title, "peer_name": spec.peer_name,
-        "command": shlex.join(["lazy-neuron", "bench", "peers", *argv[1:]]),
-        "git": ours.get("git"), "flops": count.to_json(), "throughput_unit":
-        "tokens/s (batch x (inputs + targets))" if tokens else "images/s",
-        "comparison": rows, "ours": ours, "peer": peer})
+    if "speedup" in rows[0]:
+      summary.append(f"{plan.name} {rows[0]['speedup']:.2f}x")
+  if len(plans) > 1 and summary:
+    print(f"summary ({rows[0]['side']} vs its peer): {', '.join(summary)}")
   return 0
 
 
