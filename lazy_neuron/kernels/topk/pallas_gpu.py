@@ -79,7 +79,9 @@ TUNED: dict = {
     # 0.492 ms at 2 warps (T = 50688, ViT-B/16's rows; docs/bench/topk_vit_rows_relu_fused_combined.json)
     (3072, "bfloat16"): dict(num_warps=4, chunk=1024),
     (3072, "float32"): dict(num_warps=1, chunk=1024),
-    (4096, "bfloat16"): dict(num_warps=4, chunk=2048),  # 0.714 vs 0.782 ms at 2 warps (v2 sweep)
+    # 4 warps, chunks of 1024 after the chunk combining: 0.681 vs 0.776 ms with chunks of 2048
+    # (docs/bench/topk_tune_1024_4096_h200.json)
+    (4096, "bfloat16"): dict(num_warps=4, chunk=1024),
     (4096, "float32"): dict(num_warps=2, chunk=2048),
     (16384, "bfloat16"): dict(num_warps=4, chunk=4096, reload_x=True),
     (16384, "float32"): dict(num_warps=4, chunk=4096, reload_x=True),
