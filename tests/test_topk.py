@@ -292,3 +292,11 @@ def test_mlp_block_uses_relu_topk_with_the_same_output_and_gradient():
   np.testing.assert_allclose(l1, l2, rtol=tol)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(a, b, rtol=tol, atol=tol * float(jnp.max(jnp.abs(b))))
+
+
+def test_bench_topk_times_the_relu_fused_kernel_and_checks_it_against_the_reference():
+  from lazy_neuron.bench import topk as bench_topk
+  rec = bench_topk.run_one(64, 300, 16, jnp.dtype(jnp.bfloat16), backend="jnp", baselines=(),
+                           data="relu_fused", torch=None, check=True)
+  assert rec["exact"] is True and rec["data"] == "relu_fused"
+  assert rec["fwd_ms"] > 0 and rec["bwd_ms"] > 0
