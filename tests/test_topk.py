@@ -296,7 +296,8 @@ def test_mlp_block_uses_relu_topk_with_the_same_output_and_gradient():
 
 def test_bench_topk_times_the_relu_fused_kernel_and_checks_it_against_the_reference():
   from lazy_neuron.bench import topk as bench_topk
-  rec = bench_topk.run_one(64, 300, 16, jnp.dtype(jnp.bfloat16), backend="jnp", baselines=(),
+  # k = 290 of 300: N(0, 1) rows have about 150 positive entries, so the ReLU decides the output
+  rec = bench_topk.run_one(64, 300, 290, jnp.dtype(jnp.bfloat16), backend="jnp", baselines=(),
                            data="relu_fused", torch=None, check=True)
   assert rec["exact"] is True and rec["data"] == "relu_fused"
   assert rec["fwd_ms"] > 0 and rec["bwd_ms"] > 0
