@@ -161,17 +161,17 @@ class MlpBlock(nn.Module):
     h = wi(x)
     if s.measure:
       sow_preactivation_stats(self, h, token_mask)
+    if s.topk is not None:
+      from lazy_neuron.kernels.topk import topk_mask  # deferred: kernels are optional at import
     if s.topk is not None and s.activation == "relu" and not self.gated:
       # ReLU + Top-k in one kernel pass over h: topk_mask(relu(h)) exactly (values and gradient),
       # without writing relu(h) to memory or keeping it for the backward pass.
-      from lazy_neuron.kernels.topk import topk_mask  # deferred: kernels are optional at import
       a = topk_mask(h, int(s.topk), backend=s.topk_backend, relu=True)
     else:
       a = get_activation(s.activation)(h)
       if self.gated:
         a = a * wi_dense("wi_1")(x)
       if s.topk is not None:
-        from lazy_neuron.kernels.topk import topk_mask  # deferred: kernels are optional at import
         a = topk_mask(a, int(s.topk), backend=s.topk_backend)
     if len(self.hidden_axes) == a.ndim:
       a = nn.with_logical_constraint(a, self.hidden_axes)
